@@ -1,0 +1,3 @@
+"""dlrd: the Connection Software delivery-receipt daemon."""
+
+__version__ = "0.1.0"

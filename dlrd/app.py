@@ -1,0 +1,67 @@
+"""Routing: which path and method reaches which endpoint.
+
+`check_head` answers what can be answered from the request head alone, so
+a refused request's body is never read; `handle` serves complete requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from dlrd.config import Config
+from dlrd.http import Request, RequestHead, Response, plain_response
+from dlrd.metrics import Metrics
+from dlrd.receiver import ReceiptEndpoint
+from dlrd.store import ReceiptStore
+
+HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
+HEALTH_PROBE_SECONDS = 5.0
+
+
+class Application:
+    """Every endpoint dlrd serves, behind one routing table."""
+
+    def __init__(self, config: Config, store: ReceiptStore, receipts: ReceiptEndpoint, metrics: Metrics) -> None:
+        self.receipt_paths = set(config["server", "path"])
+        self.max_body = config["server", "max_body_bytes"]
+        self.store = store
+        self.receipts = receipts
+        self.metrics = metrics
+
+    def check_head(self, head: RequestHead) -> Response | None:
+        """Refuse early, before the body is read: unknown path, wrong method, no or too big a length."""
+        path = head.path
+        if path in self.receipt_paths:
+            if head.method != "POST":
+                return self._refuse(405, "receipts are POSTed here", [("Allow", "POST")])
+            if head.content_length is None and not head.chunked:
+                return self._refuse(411, "a Content-Length or a chunked body is required")
+        elif path in (HEALTH_PATH, METRICS_PATH):
+            if head.method not in ("GET", "HEAD"):
+                return self._refuse(405, f"{path} answers GET", [("Allow", "GET, HEAD")])
+        else:
+            return self._refuse(404, "no such path")
+        if (head.content_length or 0) > self.max_body:
+            return self._refuse(413, f"the body is larger than max_body_bytes ({self.max_body})")
+        return None
+
+    async def handle(self, request: Request) -> Response:
+        path = request.head.path
+        if path == HEALTH_PATH:
+            return await self._health()
+        if path == METRICS_PATH:
+            return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        return await self.receipts.handle(request)
+
+    async def _health(self) -> Response:
+        """200 only when a write transaction commits now: the database is writable."""
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self.store.probe()), HEALTH_PROBE_SECONDS)
+        except Exception:  # any failure of the probe means "not writable"; the store logs the cause
+            return plain_response(503, "storage unavailable")
+        return plain_response(200, "ok")
+
+    def _refuse(self, status: int, text: str, headers: list[tuple[str, str]] | None = None) -> Response:
+        self.metrics.count("dlrd_requests_refused_total", status=str(status), reason="http")
+        return plain_response(status, text, close=True, headers=headers)

@@ -1,0 +1,329 @@
+"""The settings table, and the one way an ini file becomes a Config.
+
+Every key dlrd understands is a row in SETTINGS: its section, name, parser,
+default and help. Loading, validation messages, `check-config`, secret
+redaction and the documented `etc/dlrd.ini` all come from that table, and a
+test fails when `etc/dlrd.ini` and the table disagree.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dlrd.codes import ReportCode, parse_code_row
+from dlrd.errors import ConfigError
+
+CONFIG_ENV = "DLRD_CONFIG"
+DEFAULT_DATA_DIR = "dlrd-data"
+DATABASE_NAME = "dlrd.db"
+SECTIONS = ("server", "auth", "storage", "journal", "log", "report_codes")
+
+Address = tuple[str, int]
+
+
+def parse_addresses(text: str) -> list[Address]:
+    """`host:port` items, comma-separated; IPv6 hosts in brackets."""
+    addresses = []
+    for item in _items(text):
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", item)
+        if match is None:
+            raise ValueError(f"{item!r} is not host:port (use [::1]:8443 for IPv6)")
+        host = match.group(1) or match.group(3)
+        port = int(match.group(2) or match.group(4))
+        if port > 65535:
+            raise ValueError(f"port {port} is above 65535")
+        addresses.append((host, port))
+    return addresses
+
+
+def parse_paths(text: str) -> list[str]:
+    paths = _items(text)
+    if not paths:
+        raise ValueError("at least one path is needed, like /")
+    for path in paths:
+        if not path.startswith("/") or "?" in path or " " in path:
+            raise ValueError(f"{path!r} must be a URL path starting with /")
+        if path in ("/healthz", "/metrics"):
+            raise ValueError(f"{path} is dlrd's own endpoint; choose another receipt path")
+    return paths
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"(\d+)\s*([kmg]?)b?", text.strip().lower())
+    if match is None:
+        raise ValueError(f"must be a size like 64k or 10m, got {text!r}")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def parse_positive_size(text: str) -> int:
+    size = parse_size(text)
+    if size <= 0:
+        raise ValueError("must be more than 0")
+    return size
+
+
+def parse_seconds(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*s?", text.strip().lower())
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"must be a number of seconds above 0 like 10 or 2.5, got {text!r}")
+    return float(match.group(1))
+
+
+def parse_count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise ValueError(f"must be a whole number above 0, got {text!r}")
+    return int(text)
+
+
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+
+
+def parse_bool(text: str) -> bool:
+    try:
+        return _BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"must be yes or no, got {text!r}") from None
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def parse_text(text: str) -> str:
+    return text.strip()
+
+
+def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    networks = []
+    for item in _items(text):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an address or CIDR like 192.0.2.0/24 or 2001:db8::/32") from None
+    return networks
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ini key: where it lives, how it is read, and what it is for."""
+
+    section: str
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("server", "listen", parse_addresses, "127.0.0.1:8080",
+            "Plain-HTTP listen addresses, host:port, comma-separated ([::1]:8080 for IPv6). "
+            "Empty disables plain HTTP."),
+    Setting("server", "path", parse_paths, "/",
+            "URL paths that accept receipts, comma-separated. Point the provider's URL at one of them."),
+    Setting("server", "max_body_bytes", parse_positive_size, "64k",
+            "Largest request body accepted; larger ones get 413 before they are read. A receipt is under 1k."),
+    Setting("server", "request_timeout", parse_seconds, "10",
+            "Seconds a client has to send a request's line and headers, and the least time it gets for the body."),
+    Setting("server", "max_connections", parse_count, "256",
+            "Open connections at most; a connection past this is closed at once."),
+    Setting("auth", "username", parse_text, "",
+            "Username the provider must send (set it on the provider's Delivery Receipts page). Empty: not checked."),
+    Setting("auth", "pin", parse_text, "",
+            "PIN the provider must send. Prefer pin_file or a systemd credential over putting it here.",
+            secret=True),
+    Setting("storage", "database", parse_text, "",
+            f"SQLite database file. Empty: {DATABASE_NAME} in $STATE_DIRECTORY, or in ./{DEFAULT_DATA_DIR}."),
+    Setting("storage", "synchronous", choice("full", "normal"), "full",
+            "full: every answered receipt survives a power cut. normal: faster, but a power cut (not a crash) "
+            "may lose the last receipts already answered 200."),
+    Setting("storage", "lock_timeout", parse_seconds, "5",
+            "Seconds to wait for a database locked by another program before answering 503."),
+    Setting("journal", "directory", parse_text, "",
+            f"Directory of receipts.jsonl. Empty: $LOGS_DIRECTORY, or ./{DEFAULT_DATA_DIR}."),
+    Setting("log", "level", choice("debug", "info", "warning", "error"), "info",
+            "Least severe log message written to stderr (journald under systemd)."),
+    Setting("log", "access_log", parse_bool, "no",
+            "Log one line per HTTP request: client, method, path, status, bytes, milliseconds."),
+)
+
+_BY_KEY = {(setting.section, setting.name): setting for setting in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective settings: every key of SETTINGS, parsed, plus report-code overrides."""
+
+    values: dict[tuple[str, str], Any]
+    report_codes: dict[int, ReportCode]
+    source: str | None
+
+    def __getitem__(self, key: tuple[str, str]) -> Any:
+        return self.values[key]
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self["storage", "database"])
+
+    @property
+    def journal_dir(self) -> Path:
+        return Path(self["journal", "directory"])
+
+
+def default_config_path(environ: dict[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    return env.get(CONFIG_ENV) or None
+
+
+def load_config(path: str | None, environ: dict[str, str] | None = None) -> Config:
+    """Read, validate and complete a configuration; raise ConfigError on the first problem."""
+    env = dict(os.environ if environ is None else environ)
+    label = Path(path).name if path else "built-in defaults"
+    parser = configparser.ConfigParser(interpolation=None, delimiters=("=",), comment_prefixes=("#", ";"))
+    parser.optionxform = str  # type: ignore[assignment, method-assign]
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle, source=path)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file; pass an existing file to --config or ${CONFIG_ENV}") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: cannot read it: {error}") from None
+        except configparser.Error as error:
+            raise ConfigError(f"{path}: not a valid ini file: {_one_line(str(error))}") from None
+
+    values: dict[tuple[str, str], Any] = {}
+    for section in parser.sections():
+        if section not in SECTIONS:
+            raise ConfigError(f"{label} [{section}]: unknown section; known sections are {', '.join(SECTIONS)}")
+        if section == "report_codes":
+            continue
+        for name in parser[section]:
+            if (section, name) not in _BY_KEY:
+                known = ", ".join(s.name for s in SETTINGS if s.section == section)
+                raise ConfigError(f"{label} [{section}] {name}: unknown key; [{section}] knows {known}")
+    for setting in SETTINGS:
+        text = parser.get(setting.section, setting.name, fallback=setting.default)
+        try:
+            values[setting.section, setting.name] = setting.parse(text)
+        except ValueError as error:
+            raise ConfigError(f"{label} [{setting.section}] {setting.name}: {error}") from None
+
+    codes: dict[int, ReportCode] = {}
+    if parser.has_section("report_codes"):
+        for code_text, row in parser["report_codes"].items():
+            try:
+                code = parse_code_row(code_text, row)
+            except ValueError as error:
+                raise ConfigError(f"{label} [report_codes] {code_text}: {error}") from None
+            codes[code.code] = code
+
+    _complete_paths(values, env)
+    _check_combinations(values, label)
+    return Config(values, codes, path)
+
+
+def _complete_paths(values: dict[tuple[str, str], Any], env: dict[str, str]) -> None:
+    """Fill the empty path defaults from systemd's directories or ./dlrd-data."""
+    # systemd may pass several colon-separated directories; the first is ours.
+    state_dir = (env.get("STATE_DIRECTORY") or DEFAULT_DATA_DIR).split(":")[0]
+    logs_dir = (env.get("LOGS_DIRECTORY") or DEFAULT_DATA_DIR).split(":")[0]
+    if not values["storage", "database"]:
+        values["storage", "database"] = str(Path(state_dir) / DATABASE_NAME)
+    if not values["journal", "directory"]:
+        values["journal", "directory"] = logs_dir
+
+
+def _check_combinations(values: dict[tuple[str, str], Any], label: str) -> None:
+    if not values["server", "listen"]:
+        raise ConfigError(f"{label} [server] listen: empty, so dlrd would listen nowhere; give a host:port")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def render_value(setting: Setting, value: Any) -> str:
+    """A parsed value written back as ini text, as check-config prints it."""
+    if setting.secret and value:
+        return "<redacted>"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        if value and isinstance(value[0], tuple):
+            return ", ".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in value)
+        return ", ".join(str(item) for item in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def render_effective(config: Config) -> str:
+    """The whole effective configuration as an ini file, secrets redacted."""
+    lines = [f"# effective configuration from {config.source or 'built-in defaults'}"]
+    for section in SECTIONS:
+        lines.append(f"\n[{section}]")
+        if section == "report_codes":
+            for code in sorted(config.report_codes.values(), key=lambda code: code.code):
+                lines.append(f"{code.code} = {code.label}, {code.state}, {'yes' if code.final else 'no'}")
+            continue
+        for setting in _in_section(section):
+            lines.append(f"{setting.name} = {render_value(setting, config[section, setting.name])}")
+    return "\n".join(lines) + "\n"
+
+
+def _in_section(section: str) -> Iterable[Setting]:
+    return (setting for setting in SETTINGS if setting.section == section)
+
+
+def render_example() -> str:
+    """The documented example ini (etc/dlrd.ini): every key, its help and its default."""
+    lines = [
+        "# dlrd configuration. Every key is shown commented out with its built-in",
+        "# default; uncomment and change only what you need. Generated from",
+        "# dlrd/config.py by `dlrd check-config --example`; a test keeps them equal.",
+    ]
+    for section in SECTIONS:
+        lines.append(f"\n[{section}]")
+        if section == "report_codes":
+            lines += [
+                "# Add or override report codes: <code> = <label>, <state>, <final>",
+                "# state is delivered, pending, failed or unknown; final is yes or no.",
+                "# Unknown codes are stored with state unknown, never refused.",
+                "#99 = Held for review, pending, no",
+            ]
+            continue
+        for setting in _in_section(section):
+            lines += [f"# {line}" for line in _wrap(setting.help)]
+            lines.append(f"#{setting.name} = {setting.default}")
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, width: int = 76) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines

@@ -1,0 +1,74 @@
+"""`dlrd serve`: assemble the daemon from its parts and run it until told to stop.
+
+Signal handlers only set an event; the main coroutine does the work, so a
+signal never interrupts a transaction halfway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from dlrd import __version__
+from dlrd.app import Application
+from dlrd.codes import ReportCodeTable
+from dlrd.config import Config
+from dlrd.journal import JournalWriter
+from dlrd.metrics import Metrics
+from dlrd.receiver import ReceiptEndpoint
+from dlrd.server import HttpServer
+from dlrd.store import ReceiptStore
+
+log = logging.getLogger("dlrd")
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr; under systemd journald adds the time, so the line carries none."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; raise StartupError if something needed is unusable."""
+    configure_logging(config["log", "level"])
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: Config) -> int:
+    metrics = Metrics()
+    store = ReceiptStore(config.database_path, JournalWriter(config.journal_dir), config["storage", "synchronous"],
+                         config["storage", "lock_timeout"])
+    store.open()
+    metrics.gauges["dlrd_storage_healthy"] = lambda: float(store.healthy)
+    receipts = ReceiptEndpoint(store, ReportCodeTable(config.report_codes), metrics)
+    metrics.gauges["dlrd_last_receipt_timestamp_seconds"] = lambda: receipts.last_stored
+    server = HttpServer(config, Application(config, store, receipts, metrics), metrics)
+    try:
+        await server.start()
+    except BaseException:
+        store.close()
+        raise
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("dlrd %s storing receipts in %s, journal in %s", __version__, config.database_path,
+             config.journal_dir)
+    for url in server.bound:
+        log.info("listening on %s", url)
+    await stop.wait()
+    log.info("stopping: finishing requests in progress")
+    await server.stop()
+    store.close()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,290 @@
+"""HTTP/1.x request framing: the request head and chunked bodies, from bytes.
+
+Pure functions and a small decoder, no sockets, so the rules are unit- and
+property-tested directly. Anything malformed raises HttpError with the
+status to answer; the connection is closed after such an answer because
+the framing of whatever follows cannot be trusted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http import HTTPStatus
+
+MAX_REQUEST_LINE = 8 * 1024
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADERS = 100
+MAX_CHUNK_LINE = 1024
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_REQUEST_LINE = re.compile(rb"([A-Z]{1,20}) (\S{1,8192}) HTTP/(\d)\.(\d)")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+
+
+class HttpError(Exception):
+    """The request cannot be served; `status` says how to answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class RequestHead:
+    """A parsed request line and header block."""
+
+    method: str
+    target: str
+    version: tuple[int, int]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.partition("?")[2]
+
+    @property
+    def keep_alive(self) -> bool:
+        tokens = {token.strip().lower() for token in self.headers.get("connection", "").split(",")}
+        if self.version >= (1, 1):
+            return "close" not in tokens
+        return "keep-alive" in tokens
+
+    @property
+    def chunked(self) -> bool:
+        return "transfer-encoding" in self.headers
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("content-length")
+        return None if value is None else int(value)
+
+    @property
+    def media_type(self) -> str:
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+    @property
+    def charset(self) -> str | None:
+        for parameter in self.headers.get("content-type", "").split(";")[1:]:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "charset":
+                return value.strip().strip('"').lower() or None
+        return None
+
+    @property
+    def expects_continue(self) -> bool:
+        return self.headers.get("expect", "").lower() == "100-continue" and self.version >= (1, 1)
+
+
+def find_head_end(buffer: bytes | bytearray) -> int:
+    """Index just past the blank line ending the head, or -1; bare LF line ends are tolerated."""
+    crlf = buffer.find(b"\r\n\r\n")
+    lf = buffer.find(b"\n\n")
+    ends = [index + width for index, width in ((crlf, 4), (lf, 2)) if index >= 0]
+    return min(ends) if ends else -1
+
+
+def check_incomplete_head(buffer: bytes | bytearray) -> None:
+    """Refuse early a head that can no longer be valid, before waiting for more bytes."""
+    line_end = buffer.find(b"\n")
+    if (line_end < 0 and len(buffer) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
+        raise HttpError(414, "request line too long")
+    if len(buffer) > MAX_HEADER_BYTES:
+        raise HttpError(431, "request headers too large")
+
+
+def parse_head(block: bytes) -> RequestHead:
+    """Parse everything up to and including the blank line after the headers."""
+    lines = block.split(b"\n")
+    request_line = lines[0].rstrip(b"\r")
+    if len(request_line) > MAX_REQUEST_LINE:
+        raise HttpError(414, "request line too long")
+    if len(block) > MAX_HEADER_BYTES + MAX_REQUEST_LINE:
+        raise HttpError(431, "request headers too large")
+    match = _REQUEST_LINE.fullmatch(request_line)
+    if match is None:
+        # HTTP/0.9 ("GET /") and anything else that is not "METHOD target HTTP/x.y".
+        raise HttpError(400, "malformed request line")
+    method, target, major, minor = match.groups()
+    version = (int(major), int(minor))
+    if version not in ((1, 0), (1, 1)):
+        raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+    if not target.startswith(b"/"):
+        raise HttpError(400, "the request target must be a path")
+    try:
+        target_text = target.decode("ascii")
+    except UnicodeDecodeError:
+        raise HttpError(400, "the request target must be ASCII") from None
+
+    header_lines = [line.rstrip(b"\r") for line in lines[1:] if line.rstrip(b"\r")]
+    headers: dict[str, str] = {}
+    if len(header_lines) > MAX_HEADERS:
+        raise HttpError(431, "too many request headers")
+    for line in header_lines:
+        name, colon, value = line.partition(b":")
+        # RFC 9112 §5.2: obsolete line folding is refused; so are bytes a
+        # header value may not hold (a header-injection attempt).
+        if not colon or not _TOKEN.fullmatch(name):
+            raise HttpError(400, "malformed header line")
+        value = value.strip(b" \t")
+        if any((byte < 0x20 and byte != 0x09) or byte == 0x7F for byte in value):
+            raise HttpError(400, "control characters in a header value")
+        key = name.decode("ascii").lower()
+        text = value.decode("latin-1")
+        if key in headers:
+            if key in ("content-length", "host", "transfer-encoding", "content-type"):
+                if key == "content-length" and headers[key] == text:
+                    continue
+                raise HttpError(400, f"{key} header given twice")
+            text = f"{headers[key]}, {text}"
+        headers[key] = text
+
+    head = RequestHead(method.decode("ascii"), target_text, version, headers)
+    _check_framing(head)
+    return head
+
+
+def _check_framing(head: RequestHead) -> None:
+    """RFC 9112 §6: one unambiguous way to find where the body ends."""
+    length = head.headers.get("content-length")
+    encoding = head.headers.get("transfer-encoding")
+    if encoding is not None:
+        if head.version < (1, 1):
+            raise HttpError(400, "Transfer-Encoding needs HTTP/1.1")
+        if length is not None:
+            raise HttpError(400, "both Content-Length and Transfer-Encoding given")
+        if encoding.strip().lower() != "chunked":
+            raise HttpError(501, "only the chunked transfer coding is supported")
+    if length is not None and not (length.isascii() and length.isdigit() and len(length) <= 18):
+        raise HttpError(400, "Content-Length is not a number")
+
+
+class ChunkedDecoder:
+    """Decodes a chunked body incrementally, refusing it past `limit` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.body = bytearray()
+        self.received = 0
+        self._remaining = 0
+        self._state = "size"
+
+    def feed(self, buffer: bytearray) -> bool:
+        """Consume what it can from `buffer`; True once the whole body (and trailers) arrived."""
+        while True:
+            if self._state == "size":
+                line = _take_line(buffer, MAX_CHUNK_LINE, "chunk size line too long")
+                if line is None:
+                    return False
+                match = _CHUNK_SIZE.fullmatch(line)
+                if match is None:
+                    raise HttpError(400, "bad chunk size")
+                self._remaining = int(match.group(1), 16)
+                if len(self.body) + self._remaining > self.limit:
+                    raise HttpError(413, "request body too large")
+                self._state = "data" if self._remaining else "trailer"
+            elif self._state == "data":
+                take = min(self._remaining, len(buffer))
+                if take == 0:
+                    return False
+                self.body += buffer[:take]
+                self.received += take
+                del buffer[:take]
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = "data-end"
+            elif self._state == "data-end":
+                # Each chunk's data is followed by CRLF (a bare LF is tolerated).
+                if buffer[:1] == b"\r" and len(buffer) < 2:
+                    return False
+                if not buffer:
+                    return False
+                ending = 2 if buffer[:2] == b"\r\n" else 1 if buffer[:1] == b"\n" else 0
+                if not ending:
+                    raise HttpError(400, "chunk data longer than its size")
+                del buffer[:ending]
+                self._state = "size"
+            else:  # trailer section: header lines until an empty one
+                line = _take_line(buffer, MAX_HEADER_BYTES, "chunked trailer too long")
+                if line is None:
+                    return False
+                if not line:
+                    return True
+
+
+def _take_line(buffer: bytearray, limit: int, too_long: str) -> bytes | None:
+    end = buffer.find(b"\n")
+    if end < 0:
+        if len(buffer) > limit:
+            raise HttpError(400, too_long)
+        return None
+    if end > limit:
+        raise HttpError(400, too_long)
+    line = bytes(buffer[:end]).rstrip(b"\r")
+    del buffer[: end + 1]
+    return line
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date(now: float) -> str:
+    """The Date header value, formatted once per second."""
+    global _date_cache
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, formatdate(second, usegmt=True))
+    return _date_cache[1]
+
+
+def reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def render_response(status: int, headers: list[tuple[str, str]], body: bytes, now: float,
+                    keep_alive: bool) -> bytes:
+    """The whole response as one buffer: one write, so Nagle never splits it."""
+    lines = [f"HTTP/1.1 {status} {reason_phrase(status)}", "Server: dlrd", f"Date: {http_date(now)}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    lines.append(f"Content-Length: {len(body)}")
+    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+@dataclass
+class Request:
+    """A complete request as the application sees it."""
+
+    head: RequestHead
+    body: bytes
+    remote_addr: str
+    tls_client: str | None = None
+
+
+@dataclass
+class Response:
+    """What to send back; `close` ends the connection after it."""
+
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    close: bool = False
+
+    def all_headers(self) -> list[tuple[str, str]]:
+        return [("Content-Type", self.content_type), *self.headers]
+
+
+def plain_response(status: int, text: str, close: bool = False, headers: list[tuple[str, str]] | None = None
+                   ) -> Response:
+    """A short text answer for refusals that are not about SOAP (404, 405, 413 ...)."""
+    return Response(status, (text + "\n").encode("utf-8"), headers=headers or [], close=close)

@@ -1,0 +1,125 @@
+"""The receipt endpoint: one POSTed envelope in, one SOAP answer out.
+
+The path of a receipt reads straight through here: parse the envelope,
+apply the field rules, hand the receipt to the store and wait for the
+commit, then build the answer. Every refusal is logged, counted and, when
+it was an understood receipt, quarantined, so nothing the provider sent is
+silently lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from dlrd.codes import ReportCodeTable
+from dlrd.errors import StorageUnavailable
+from dlrd.http import Request, Response
+from dlrd.metrics import Metrics
+from dlrd.receipt import InvalidReceipt, validate_fields
+from dlrd.soap import (
+    Envelope,
+    EnvelopeRejected,
+    SoapVersion,
+    build_fault,
+    build_response,
+    parse_envelope,
+    redact_pin,
+    version_from_content_type,
+)
+from dlrd.store import ReceiptStore, StoredReceipt
+
+log = logging.getLogger("dlrd.receipts")
+
+RETRY_AFTER_SECONDS = "30"
+
+
+def received_now() -> str:
+    """Arrival time, UTC with milliseconds, as stored and journaled."""
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def response_content_type(media_type: str, version: SoapVersion) -> str:
+    """SPEC section 1: answer in the media type the provider used."""
+    if version == "1.2":
+        return "application/soap+xml; charset=utf-8"
+    if media_type == "text/soap":
+        return "text/soap; charset=utf-8"
+    return "text/xml; charset=utf-8"
+
+
+def fault_response(media_type: str, version: SoapVersion, sender_at_fault: bool, reason: str,
+                   status: int | None = None) -> Response:
+    """A SOAP Fault with the status SOAP prescribes for it."""
+    if status is None:
+        # SOAP 1.1 §6.2: faults travel with HTTP 500. SOAP 1.2 part 2 §7.5.1:
+        # a Sender fault is 400, a Receiver fault 500.
+        status = 400 if version == "1.2" and sender_at_fault else 500
+    return Response(status, build_fault(version, sender_at_fault, reason),
+                    response_content_type(media_type, version))
+
+
+class ReceiptEndpoint:
+    """Turns a POSTed SubmitDeliveryReceipt into a stored receipt and an answer."""
+
+    def __init__(self, store: ReceiptStore, codes: ReportCodeTable, metrics: Metrics) -> None:
+        self.store = store
+        self.codes = codes
+        self.metrics = metrics
+        self.last_stored = 0.0
+
+    async def handle(self, request: Request) -> Response:
+        media_type = request.head.media_type
+        try:
+            envelope = parse_envelope(request.body, request.head.charset, version_from_content_type(media_type))
+        except EnvelopeRejected as rejected:
+            log.warning("refused a request from %s: %s", request.remote_addr, rejected.reason)
+            self.metrics.count("dlrd_requests_refused_total", status="fault", reason="not-a-receipt")
+            return fault_response(media_type, rejected.soap_version, True, rejected.reason)
+        return await self._store(request, envelope)
+
+    async def _store(self, request: Request, envelope: Envelope) -> Response:
+        media_type = request.head.media_type
+        received_at = received_now()
+        message_id = envelope.fields.get("MessageIdentifier", "")
+        try:
+            receipt = validate_fields(envelope.fields, envelope.duplicates)
+        except InvalidReceipt as invalid:
+            reason = str(invalid)
+            log.warning("quarantined a receipt from %s (MessageIdentifier %r): %s",
+                        request.remote_addr, message_id[:40], reason)
+            body = redact_pin(request.body, envelope.fields.get("PIN"))
+            try:
+                await asyncio.wrap_future(
+                    self.store.quarantine(received_at, request.remote_addr, reason, media_type, body))
+            except StorageUnavailable:
+                return self._unavailable(media_type, envelope.soap_version)
+            self.metrics.count("dlrd_receipts_quarantined_total", reason="invalid-field")
+            return self._answer(media_type, envelope, message_id, -1, reason)
+
+        code = self.codes.lookup(receipt.report)
+        try:
+            stored: StoredReceipt = await asyncio.wrap_future(
+                self.store.store_receipt(receipt, code, received_at, request.remote_addr, request.tls_client))
+        except StorageUnavailable:
+            return self._unavailable(media_type, envelope.soap_version)
+        if stored.duplicate:
+            self.metrics.count("dlrd_receipts_duplicate_total")
+            return self._answer(media_type, envelope, receipt.message_id, 0, "duplicate of a stored receipt")
+        self.metrics.count("dlrd_receipts_stored_total")
+        self.last_stored = time.time()
+        return self._answer(media_type, envelope, receipt.message_id, 0, "stored")
+
+    def _answer(self, media_type: str, envelope: Envelope, message_id: str, report: int, text: str) -> Response:
+        return Response(200, build_response(envelope, message_id, report, text),
+                        response_content_type(media_type, envelope.soap_version))
+
+    def _unavailable(self, media_type: str, version: SoapVersion) -> Response:
+        self.metrics.count("dlrd_storage_failures_total")
+        response = fault_response(media_type, version, False,
+                                  "the receipt could not be stored durably; retry later", status=503)
+        response.headers.append(("Retry-After", RETRY_AFTER_SECONDS))
+        return response

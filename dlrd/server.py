@@ -1,0 +1,312 @@
+"""The HTTP server: listeners, connections, limits and timeouts.
+
+One asyncio event loop owns every socket, so a slow or silent client costs
+a little memory and never a thread: Python's ThreadingHTTPServer starts a
+thread per connection and has no defence against slowloris. Each response
+leaves in one write on a TCP_NODELAY socket (asyncio sets it), avoiding the
+Nagle/delayed-ACK stall of header-then-body writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from dlrd.app import Application
+from dlrd.config import Address, Config
+from dlrd.errors import StartupError
+from dlrd.http import (
+    ChunkedDecoder,
+    HttpError,
+    Request,
+    RequestHead,
+    Response,
+    check_incomplete_head,
+    find_head_end,
+    parse_head,
+    plain_response,
+    render_response,
+)
+from dlrd.metrics import Metrics
+
+log = logging.getLogger("dlrd.server")
+access_log = logging.getLogger("dlrd.access")
+
+LISTEN_BACKLOG = 512
+KEEPALIVE_TIMEOUT = 15.0
+SWEEP_INTERVAL = 0.5
+SHUTDOWN_GRACE = 10.0
+
+IDLE, HEAD, BODY, BUSY, CLOSED = "idle", "head", "body", "busy", "closed"
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: reads requests one at a time, answers each in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.remote_addr = "unknown"
+        self.buffer = bytearray()
+        self.state = IDLE
+        self.deadline = 0.0
+        self.head: RequestHead | None = None
+        self.decoder: ChunkedDecoder | None = None
+        self.body_started = 0.0
+        self.paused = False
+        self.peer_closed = False
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote_addr = peer[0] if peer else "unknown"
+        if len(self.server.connections) >= self.server.max_connections:
+            self.server.metrics.count("dlrd_requests_refused_total", status="closed", reason="max-connections")
+            self.server.note_connection_limit()
+            self.state = CLOSED
+            transport.abort()
+            return
+        self.server.connections.add(self)
+        self.deadline = time.monotonic() + self.server.request_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        self.server.connections.discard(self)
+
+    def eof_received(self) -> bool:
+        # A client may half-close after sending its request (HTTP/1.0 style):
+        # keep the write side open until its answer is out.
+        self.peer_closed = True
+        if self.state in (IDLE, CLOSED) and not self.buffer:
+            return False
+        self._advance()
+        # Half a request followed by EOF will never complete: close.
+        return self.state == BUSY
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == CLOSED:
+            return
+        self.buffer += data
+        if self.state == BUSY:
+            # Pipelined bytes wait until the current answer is out; stop
+            # reading once they exceed what one request may hold.
+            if len(self.buffer) > self.server.max_body + 2 * 16384 and not self.paused:
+                self._pause()
+            return
+        self._advance()
+
+    # request reading
+
+    def _advance(self) -> None:
+        try:
+            self._read_requests()
+        except HttpError as error:
+            self.server.metrics.count("dlrd_requests_refused_total", status=str(error.status), reason="http")
+            log.info("refused a request from %s: %d %s", self.remote_addr, error.status, error.reason)
+            self._send(plain_response(error.status, error.reason, close=True), keep_alive=False)
+
+    def _read_requests(self) -> None:
+        now = time.monotonic()
+        if self.state == IDLE:
+            if not self.buffer:
+                return
+            self.state = HEAD
+            self.deadline = now + self.server.request_timeout
+        if self.state == HEAD:
+            end = find_head_end(self.buffer)
+            if end < 0:
+                check_incomplete_head(self.buffer)
+                return
+            head = parse_head(bytes(self.buffer[:end]))
+            del self.buffer[:end]
+            refusal = self.server.app.check_head(head)
+            if refusal is not None:
+                self._log_access(head, refusal)
+                self._send(refusal, keep_alive=False)
+                return
+            if head.expects_continue:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+            self.head = head
+            self.decoder = ChunkedDecoder(self.server.max_body) if head.chunked else None
+            self.body_started = now
+            self.state = BODY
+        if self.state == BODY:
+            head = self.head
+            assert head is not None
+            if self.decoder is not None:
+                if not self.decoder.feed(self.buffer):
+                    return
+                body = bytes(self.decoder.body)
+            else:
+                length = head.content_length or 0
+                if len(self.buffer) < length:
+                    return
+                body = bytes(self.buffer[:length])
+                del self.buffer[:length]
+            self._dispatch(head, body)
+
+    def _dispatch(self, head: RequestHead, body: bytes) -> None:
+        self.state = BUSY
+        request = Request(head, body, self.remote_addr, self.tls_client())
+        asyncio.get_running_loop().create_task(self._serve(request))
+
+    def tls_client(self) -> str | None:
+        return None
+
+    async def _serve(self, request: Request) -> None:
+        try:
+            response = await self.server.app.handle(request)
+        except Exception:
+            log.exception("internal error while serving %s %s from %s",
+                          request.head.method, request.head.path, self.remote_addr)
+            response = plain_response(500, "internal error", close=True)
+        if self.state == CLOSED:
+            return
+        self._log_access(request.head, response)
+        keep_alive = (request.head.keep_alive and not response.close and not self.server.stopping
+                      and not self.peer_closed)
+        self._send(response, keep_alive, head_only=request.head.method == "HEAD")
+        if not keep_alive:
+            return
+        self.state = IDLE
+        self.head = None
+        self.decoder = None
+        self.deadline = time.monotonic() + self.server.keepalive_timeout
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        self._advance()
+
+    # answering
+
+    def _send(self, response: Response, keep_alive: bool, head_only: bool = False) -> None:
+        transport = self.transport
+        assert transport is not None
+        data = render_response(response.status, response.all_headers(), response.body, time.time(), keep_alive)
+        if head_only:
+            data = data[: len(data) - len(response.body)]
+        transport.write(data)
+        if not keep_alive:
+            self.state = CLOSED
+            transport.close()
+
+    def _pause(self) -> None:
+        self.paused = True
+        self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def _log_access(self, head: RequestHead, response: Response) -> None:
+        if self.server.access_log:
+            access_log.info('%s "%s %s HTTP/%d.%d" %d %d', self.remote_addr, head.method, head.path,
+                            *head.version, response.status, len(response.body))
+
+    # timeouts
+
+    def expire(self, now: float) -> None:
+        """Close the connection if its client let its deadline pass (called by the sweeper)."""
+        if self.state == BODY:
+            # A minimum transfer rate, not just an idle timer: a client
+            # dribbling a byte now and then still runs out of time.
+            received = self.decoder.received if self.decoder else len(self.buffer)
+            deadline = self.body_started + self.server.request_timeout + received / self.server.min_body_rate
+        else:
+            deadline = self.deadline
+        if self.state not in (IDLE, HEAD, BODY) or now < deadline:
+            return
+        if self.state == IDLE:
+            self.state = CLOSED
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        self.server.metrics.count("dlrd_requests_refused_total", status="408", reason="timeout")
+        log.info("timed out a slow client %s while it sent the request %s", self.remote_addr,
+                 "head" if self.state == HEAD else "body")
+        self._send(plain_response(408, "request timeout", close=True), keep_alive=False)
+
+
+class HttpServer:
+    """Listens on the configured addresses and owns every connection."""
+
+    def __init__(self, config: Config, app: Application, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.listen: list[Address] = config["server", "listen"]
+        self.max_connections: int = config["server", "max_connections"]
+        self.max_body: int = config["server", "max_body_bytes"]
+        self.request_timeout: float = config["server", "request_timeout"]
+        self.keepalive_timeout = KEEPALIVE_TIMEOUT
+        self.min_body_rate = 1024.0
+        self.access_log: bool = config["log", "access_log"]
+        self.connections: set[Connection] = set()
+        self.stopping = False
+        self.bound: list[str] = []
+        self._servers: list[asyncio.base_events.Server] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self._limit_logged = 0.0
+        metrics.gauges["dlrd_connections_open"] = lambda: len(self.connections)
+
+    async def start(self) -> None:
+        """Bind every listener or none: a half-started daemon is worse than a refusal."""
+        loop = asyncio.get_running_loop()
+        try:
+            for host, port in self.listen:
+                server = await loop.create_server(
+                    lambda: Connection(self), host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
+                self._servers.append(server)
+                for sock in server.sockets:
+                    self.bound.append("http://" + _url_host(sock.getsockname()))
+        except OSError as error:
+            await self.close_listeners()
+            raise StartupError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
+                               "free the port or change [server] listen") from None
+        self._sweeper = loop.create_task(self._sweep())
+
+    async def close_listeners(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers = []
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in progress finish, then close what is left."""
+        self.stopping = True
+        for server in self._servers:
+            server.close()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while time.monotonic() < deadline:
+            for connection in list(self.connections):
+                if connection.state == IDLE and connection.transport is not None:
+                    connection.state = CLOSED
+                    connection.transport.close()
+            if not self.connections:
+                break
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._servers = []
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for connection in list(self.connections):
+                connection.expire(now)
+
+    def note_connection_limit(self) -> None:
+        now = time.monotonic()
+        if now - self._limit_logged > 60:
+            self._limit_logged = now
+            log.warning("connection limit reached (max_connections = %d); closing new connections",
+                        self.max_connections)
+
+
+def _url_host(sockname: Any) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,266 @@
+"""SOAP envelopes in and out: bytes to fields, and fields to response bytes.
+
+No I/O happens here. The parser is locked down from the first byte: no DTD
+of any kind, no entity resolution, no network, libxml2's default depth
+limit. Anything that is not one well-formed SubmitDeliveryReceipt envelope
+becomes an EnvelopeRejected, which the server turns into a Client fault.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+from xml.sax.saxutils import escape, quoteattr
+
+from lxml import etree
+
+SoapVersion = Literal["1.1", "1.2"]
+SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
+SOAP_ENCODING_NS = "http://schemas.xmlsoap.org/soap/encoding/"
+_VERSION_BY_NS: dict[str, SoapVersion] = {SOAP11_NS: "1.1", SOAP12_NS: "1.2"}
+OPERATION = "SubmitDeliveryReceipt"
+KNOWN_FIELDS = ("Username", "PIN", "SentTo", "Timestamp1", "MessageIdentifier", "Report")
+ACCEPTED_ENCODINGS = {"utf-8", "utf8", "iso-8859-1", "latin-1", "latin1", "iso8859-1", "us-ascii", "ascii"}
+REDACTED_PIN = b"[redacted]"
+
+# The XML declaration's encoding, read before parsing so that only the
+# encodings the SPEC promises reach libxml2 (a UTF-16 body would otherwise
+# slip past the byte-level DOCTYPE check below).
+_DECLARED_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+_PIN_ELEMENT = re.compile(rb"(<(?:[\w.-]+:)?PIN\b[^>]*(?<!/)>)(.*?)(</(?:[\w.-]+:)?PIN\s*>)", re.DOTALL)
+
+
+class EnvelopeRejected(ValueError):
+    """The body is not a usable SubmitDeliveryReceipt envelope (a Client fault)."""
+
+    def __init__(self, reason: str, soap_version: SoapVersion = "1.1") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.soap_version = soap_version
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the provider said, before any field rule is applied."""
+
+    soap_version: SoapVersion
+    operation_ns: str | None
+    fields: dict[str, str] = field(default_factory=dict)
+    duplicates: tuple[str, ...] = ()
+
+
+_parsers = threading.local()
+
+
+def _parser(encoding: str | None) -> etree.XMLParser:
+    """One hardened parser per thread and encoding (lxml parsers are not thread-safe)."""
+    cache = _parsers.__dict__.setdefault("by_encoding", {})
+    parser = cache.get(encoding)
+    if parser is None:
+        parser = etree.XMLParser(
+            encoding=encoding,
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            dtd_validation=False,
+            huge_tree=False,
+            remove_comments=True,
+            remove_pis=True,
+            collect_ids=False,
+        )
+        cache[encoding] = parser
+    return parser
+
+
+def _local(tag: object) -> str:
+    return etree.QName(tag).localname if isinstance(tag, str) else ""
+
+
+def parse_envelope(body: bytes, charset: str | None = None, version_hint: SoapVersion = "1.1") -> Envelope:
+    """Read a SubmitDeliveryReceipt envelope, or raise EnvelopeRejected saying why.
+
+    `charset` is the one from the Content-Type header; the XML declaration,
+    when it names an encoding, wins, as XML 1.0 appendix F says.
+    """
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        raise EnvelopeRejected("DTDs and entity declarations are not allowed", version_hint)
+    declared = _DECLARED_ENCODING.match(body)
+    encoding = declared.group(1).decode("ascii").lower() if declared else None
+    if encoding is None and charset:
+        encoding = charset.lower()
+    if body.startswith((b"\xff\xfe", b"\xfe\xff")) or (encoding and encoding not in ACCEPTED_ENCODINGS):
+        raise EnvelopeRejected("the body must be UTF-8 or ISO-8859-1", version_hint)
+    # An encoding named in the declaration is honoured by libxml2 itself;
+    # only a charset from the HTTP header has to be imposed on the parser.
+    imposed = None if declared else encoding
+    try:
+        root = etree.fromstring(body, _parser(imposed))
+    except etree.XMLSyntaxError as error:
+        raise EnvelopeRejected(f"not well-formed XML ({_short_syntax_error(error)})", version_hint) from None
+    except (ValueError, LookupError):
+        raise EnvelopeRejected("not well-formed XML", version_hint) from None
+    if root is None:
+        raise EnvelopeRejected("the body is empty", version_hint)
+    tree = root.getroottree()
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+        raise EnvelopeRejected("DTDs and entity declarations are not allowed", version_hint)
+
+    envelope_ns = etree.QName(root).namespace
+    version = _VERSION_BY_NS.get(envelope_ns or "")
+    if version is None or etree.QName(root).localname != "Envelope":
+        raise EnvelopeRejected("not a SOAP envelope", version_hint)
+    bodies = [child for child in root if child.tag == f"{{{envelope_ns}}}Body"]
+    if len(bodies) != 1:
+        raise EnvelopeRejected("a SOAP envelope needs exactly one Body", version)
+    operations = [child for child in bodies[0] if isinstance(child.tag, str)]
+    if len(operations) != 1 or _local(operations[0].tag) != OPERATION:
+        raise EnvelopeRejected("the Body must hold exactly one SubmitDeliveryReceipt", version)
+    operation = operations[0]
+
+    fields: dict[str, str] = {}
+    duplicates: list[str] = []
+    for child in operation:
+        name = _local(child.tag)
+        if name not in KNOWN_FIELDS:
+            continue
+        if name in fields:
+            duplicates.append(name)
+            continue
+        if len(child):
+            raise EnvelopeRejected(f"{name} must hold text, not elements", version)
+        fields[name] = (child.text or "").strip()
+    return Envelope(version, etree.QName(operation).namespace, fields, tuple(duplicates))
+
+
+def _short_syntax_error(error: etree.XMLSyntaxError) -> str:
+    """libxml2's message without file names, trimmed for a faultstring."""
+    message = str(error.msg or "syntax error").split(", file ")[0]
+    return message[:120]
+
+
+def version_from_content_type(media_type: str) -> SoapVersion:
+    """SOAP 1.2 travels as application/soap+xml; everything else is treated as 1.1."""
+    return "1.2" if media_type == "application/soap+xml" else "1.1"
+
+
+def _envelope_open(version: SoapVersion, extra_ns: str) -> str:
+    if version == "1.2":
+        return f'<SOAP-ENV:Envelope xmlns:SOAP-ENV="{SOAP12_NS}"{extra_ns}>\n<SOAP-ENV:Body>\n'
+    return (
+        f'<SOAP-ENV:Envelope xmlns:SOAP-ENV="{SOAP11_NS}"\n'
+        f'xmlns:SOAP-ENC="{SOAP_ENCODING_NS}"\n'
+        'xmlns:xsi="http://www.w3.org/1999/XMLSchema-instance"\n'
+        f'xmlns:xsd="http://www.w3.org/1999/XMLSchema"{extra_ns}>\n'
+        f'<SOAP-ENV:Body SOAP-ENV:encodingStyle="{SOAP_ENCODING_NS}">\n'
+    )
+
+
+def build_response(envelope: Envelope, message_id: str, report: int, text: str) -> bytes:
+    """The SubmitDeliveryReceiptResponse, shaped like the provider's own example.
+
+    The response element lives in the request operation's namespace, so a
+    sendsms2 sender gets sendsms2 back.
+    """
+    version = envelope.soap_version
+    if envelope.operation_ns:
+        extra_ns = f"\nxmlns:ns1={quoteattr(envelope.operation_ns)}"
+        element = "ns1:SubmitDeliveryReceiptResponse"
+    else:
+        extra_ns = ""
+        element = "SubmitDeliveryReceiptResponse"
+    if version == "1.2":
+        extra_ns += ' xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
+        extra_ns += ' xmlns:xsd="http://www.w3.org/2001/XMLSchema"'
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        + _envelope_open(version, extra_ns)
+        + f"<{element}>\n"
+        f'<MessageIdentifier xsi:type="xsd:string">{escape(message_id)}</MessageIdentifier>\n'
+        f'<Report xsi:type="xsd:int">{report}</Report>\n'
+        f'<Text xsi:type="xsd:string">{escape(text[:255])}</Text>\n'
+        f"</{element}>\n"
+        "</SOAP-ENV:Body>\n"
+        "</SOAP-ENV:Envelope>\n"
+    ).encode("utf-8")
+
+
+def build_fault(version: SoapVersion, sender_at_fault: bool, reason: str) -> bytes:
+    """A SOAP Fault: Client/Sender when the request was wrong, Server/Receiver when we were."""
+    if version == "1.2":
+        code = "SOAP-ENV:Sender" if sender_at_fault else "SOAP-ENV:Receiver"
+        fault = (
+            "<SOAP-ENV:Fault>\n"
+            f"<SOAP-ENV:Code><SOAP-ENV:Value>{code}</SOAP-ENV:Value></SOAP-ENV:Code>\n"
+            f'<SOAP-ENV:Reason><SOAP-ENV:Text xml:lang="en">{escape(reason)}</SOAP-ENV:Text></SOAP-ENV:Reason>\n'
+            "</SOAP-ENV:Fault>\n"
+        )
+        head = f'<SOAP-ENV:Envelope xmlns:SOAP-ENV="{SOAP12_NS}">\n<SOAP-ENV:Body>\n'
+    else:
+        code = "SOAP-ENV:Client" if sender_at_fault else "SOAP-ENV:Server"
+        fault = (
+            "<SOAP-ENV:Fault>\n"
+            f"<faultcode>{code}</faultcode>\n"
+            f"<faultstring>{escape(reason)}</faultstring>\n"
+            "</SOAP-ENV:Fault>\n"
+        )
+        head = f'<SOAP-ENV:Envelope xmlns:SOAP-ENV="{SOAP11_NS}">\n<SOAP-ENV:Body>\n'
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n' + head + fault + "</SOAP-ENV:Body>\n</SOAP-ENV:Envelope>\n"
+    ).encode("utf-8")
+
+
+def redact_pin(body: bytes, pin: str | None = None) -> bytes:
+    """The raw body with every PIN element's content replaced, for the quarantine.
+
+    When the parsed PIN is known its bytes are also removed anywhere else
+    they occur, so a PIN smuggled into another field is not kept either.
+    """
+    redacted = _PIN_ELEMENT.sub(lambda match: match.group(1) + REDACTED_PIN + match.group(3), body)
+    if pin:
+        for encoding in ("utf-8", "iso-8859-1"):
+            try:
+                needle = pin.encode(encoding)
+            except UnicodeEncodeError:
+                continue
+            redacted = redacted.replace(needle, REDACTED_PIN)
+    return redacted
+
+
+@dataclass(frozen=True)
+class ParsedResponse:
+    """What a receiver answered, as `send-test` reports it."""
+
+    message_id: str | None = None
+    report: int | None = None
+    text: str | None = None
+    fault_code: str | None = None
+    fault_reason: str | None = None
+
+
+def parse_response(body: bytes) -> ParsedResponse:
+    """Read a SubmitDeliveryReceiptResponse or a Fault with the same hardened parser."""
+    if b"<!DOCTYPE" in body:
+        raise EnvelopeRejected("the response holds a DTD")
+    try:
+        root = etree.fromstring(body, _parser(None))
+    except etree.XMLSyntaxError as error:
+        raise EnvelopeRejected(f"the response is not XML ({_short_syntax_error(error)})") from None
+    texts: dict[str, str] = {}
+    for element in root.iter():
+        name = _local(element.tag)
+        if name and name not in texts and len(element) == 0:
+            texts[name] = (element.text or "").strip()
+    if "faultcode" in texts or "Value" in texts:
+        return ParsedResponse(
+            fault_code=texts.get("faultcode") or texts.get("Value"),
+            fault_reason=texts.get("faultstring") or texts.get("Text"),
+        )
+    report_text = texts.get("Report")
+    try:
+        report = int(report_text) if report_text is not None else None
+    except ValueError:
+        report = None
+    return ParsedResponse(texts.get("MessageIdentifier"), report, texts.get("Text"))

@@ -1,0 +1,161 @@
+"""The daemon as users meet it: a real `dlrd serve` process on a loopback port.
+
+Each test gets its own data directory, ini file and log file; the daemon is
+stopped with SIGTERM the way systemd stops it, and must exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from wire import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Daemon:
+    """One `dlrd serve` subprocess and the files it owns."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.data = directory / "data"
+        self.ini = directory / "dlrd.ini"
+        self.log_path = directory / "dlrd.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.urls: list[str] = []
+
+    def config(self, extra: str = "") -> str:
+        base = textwrap.dedent(f"""
+            [server]
+            listen = 127.0.0.1:0
+            path = /, /cgi-bin/deliveryrecript.pl
+            [storage]
+            database = {self.data / "dlrd.db"}
+            [journal]
+            directory = {self.data}
+        """)
+        return merge_ini(base, textwrap.dedent(extra))
+
+    def start(self, extra: str = "", env: dict[str, str] | None = None, wait: bool = True,
+              preexec_fn=None) -> Daemon:
+        self.ini.write_text(self.config(extra))
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dlrd", "--config", str(self.ini), "serve"],
+            cwd=self.directory, stdout=log, stderr=log, env={**os.environ, **(env or {})},
+            preexec_fn=preexec_fn,
+        )
+        log.close()
+        if wait:
+            self.wait_listening()
+        return self
+
+    def wait_listening(self, count: int = 1) -> None:
+        def listening() -> list[str]:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"dlrd exited with {self.process.returncode}:\n{self.log()}")
+            return re.findall(r"listening on (\S+)", self.log(since_start=True))
+
+        self.urls = wait_for(lambda: len(listening()) >= count and listening(), 20, "dlrd to listen")
+        wait_for(self.healthy, 10, "/healthz to answer 200")
+
+    @property
+    def url(self) -> str:
+        return self.urls[0] + "/"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = re.match(r"https?://\[?([^\]]+?)\]?:(\d+)$", self.urls[0]).groups()
+        return host, int(port)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.urls[0] + "/healthz", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    def log(self, since_start: bool = False) -> str:
+        if not self.log_path.exists():
+            return ""
+        data = self.log_path.read_bytes()
+        return data[self.log_offset if since_start else 0:].decode("utf-8", "replace")
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def db(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.data / "dlrd.db", timeout=10)
+        connection.row_factory = sqlite3.Row
+        return connection
+
+    def rows(self, query: str, *params: object) -> list[sqlite3.Row]:
+        with self.db() as connection:
+            return connection.execute(query, params).fetchall()
+
+    def journal(self) -> list[dict]:
+        path = self.data / "receipts.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def merge_ini(base: str, extra: str) -> str:
+    """Lay `extra`'s keys over `base`'s, section by section."""
+    import configparser
+
+    merged = configparser.ConfigParser(interpolation=None)
+    merged.optionxform = str
+    merged.read_string(base)
+    merged.read_string(extra)
+    lines = []
+    for section in merged.sections():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {value}" for key, value in merged[section].items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[callable]:
+    """Start daemons on demand; any still running at the end must stop cleanly."""
+    started: list[Daemon] = []
+
+    def make(extra: str = "", name: str = "d", **kwargs) -> Daemon:
+        daemon = Daemon(tmp_path / name)
+        daemon.directory.mkdir(exist_ok=True)
+        started.append(daemon)
+        return daemon.start(extra, **kwargs)
+
+    yield make
+    for daemon in started:
+        if daemon.process is not None:
+            code = daemon.stop()
+            assert code == 0, f"dlrd exited {code} on SIGTERM:\n{daemon.log()}"
+
+
+@pytest.fixture
+def daemon(daemon_factory) -> Daemon:
+    return daemon_factory()
