@@ -315,7 +315,7 @@ def render_example() -> str:
             continue
         for setting in _in_section(section):
             lines += [f"# {line}" for line in _wrap(setting.help)]
-            lines.append(f"#{setting.name} = {setting.default}")
+            lines.append(f"#{setting.name} = {setting.default}".rstrip())
     return "\n".join(lines) + "\n"
 
 
