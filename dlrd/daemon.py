@@ -59,16 +59,32 @@ async def _serve(config: Config) -> int:
         raise
 
     stop = asyncio.Event()
+    hangup = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
+    reloader = loop.create_task(_reload_on_hangup(hangup, store))
     log.info("dlrd %s storing receipts in %s, journal in %s", __version__, config.database_path,
              config.journal_dir)
     for url in server.bound:
         log.info("listening on %s", url)
     await stop.wait()
+    reloader.cancel()
     log.info("stopping: finishing requests in progress")
     await server.stop()
     store.close()
     log.info("stopped")
     return 0
+
+
+async def _reload_on_hangup(hangup: asyncio.Event, store: ReceiptStore) -> None:
+    """SIGHUP: reopen the journal for logrotate."""
+    while True:
+        await hangup.wait()
+        hangup.clear()
+        log.info("SIGHUP: reopening the journal")
+        try:
+            await asyncio.wrap_future(store.reopen_journal())
+        except Exception as error:
+            log.error("SIGHUP: could not reopen the journal: %s", error)

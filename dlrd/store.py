@@ -224,6 +224,16 @@ class ReceiptStore:
 
         return self.submit(insert)
 
+    def reopen_journal(self) -> Future[bool]:
+        """Close and reopen receipts.jsonl (after an external logrotate moved it)."""
+
+        def reopen(connection: sqlite3.Connection) -> bool:
+            self.journal.close()
+            self.journal.open()
+            return True
+
+        return self.submit(reopen)
+
     def probe(self) -> Future[bool]:
         """A write transaction that stores nothing: proves the database takes writes now."""
         return self.submit(lambda connection: True)
