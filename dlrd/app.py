@@ -7,12 +7,16 @@ a refused request's body is never read; `handle` serves complete requests.
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from dlrd.auth import SourcePolicy
 from dlrd.config import Config
 from dlrd.http import Request, RequestHead, Response, plain_response
 from dlrd.metrics import Metrics
 from dlrd.receiver import ReceiptEndpoint
 from dlrd.store import ReceiptStore
+
+log = logging.getLogger("dlrd.server")
 
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
@@ -25,14 +29,27 @@ class Application:
     def __init__(self, config: Config, store: ReceiptStore, receipts: ReceiptEndpoint, metrics: Metrics) -> None:
         self.receipt_paths = set(config["server", "path"])
         self.max_body = config["server", "max_body_bytes"]
+        self.sources = source_policy(config)
         self.store = store
         self.receipts = receipts
         self.metrics = metrics
 
-    def check_head(self, head: RequestHead) -> Response | None:
-        """Refuse early, before the body is read: unknown path, wrong method, no or too big a length."""
+    def reload(self, config: Config) -> None:
+        """SIGHUP: receipt paths and the allow-list follow the re-read config."""
+        self.receipt_paths = set(config["server", "path"])
+        self.sources = source_policy(config)
+
+    def check_head(self, head: RequestHead, client: str) -> Response | None:
+        """Refuse early, before the body is read: unknown path, wrong method, no or too big a length.
+
+        allow_from guards the receipt paths only, so monitors can reach
+        /healthz and /metrics without also being allowed to POST receipts.
+        """
         path = head.path
         if path in self.receipt_paths:
+            if not self.sources.allows(client):
+                log.warning("refused %s: not in [auth] allow_from", client)
+                return self._refuse(403, "forbidden")
             if head.method != "POST":
                 return self._refuse(405, "receipts are POSTed here", [("Allow", "POST")])
             if head.content_length is None and not head.chunked:
@@ -65,3 +82,8 @@ class Application:
     def _refuse(self, status: int, text: str, headers: list[tuple[str, str]] | None = None) -> Response:
         self.metrics.count("dlrd_requests_refused_total", status=str(status), reason="http")
         return plain_response(status, text, close=True, headers=headers)
+
+
+def source_policy(config: Config) -> SourcePolicy:
+    """allow_from and trusted_proxies from the config, as the server and the router apply them."""
+    return SourcePolicy(tuple(config["auth", "allow_from"]), tuple(config["auth", "trusted_proxies"]))

@@ -10,10 +10,11 @@ import argparse
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from dlrd import __version__
-from dlrd.config import CONFIG_ENV, default_config_path, load_config, render_effective, render_example
-from dlrd.errors import EXIT_CODES, EXIT_NOT_ACCEPTED, EXIT_OK, EXIT_UNREACHABLE, DlrdError
+from dlrd.config import CONFIG_ENV, Config, default_config_path, load_config, render_effective, render_example
+from dlrd.errors import EXIT_CODES, EXIT_NOT_ACCEPTED, EXIT_OK, EXIT_UNREACHABLE, ConfigError, DlrdError
 from dlrd.sendtest import SendFailed, TlsOptions, build_envelope, describe, new_message_id, post_envelope
 
 
@@ -80,11 +81,26 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     config = load_config(args.config or default_config_path())
     if command == "check-config":
+        _check_certificates(config)
+        for warning in config.warnings:
+            print(f"dlrd: warning: {warning}", file=sys.stderr)
         sys.stdout.write(render_effective(config))
         return EXIT_OK
     from dlrd.daemon import serve  # the daemon's imports are only paid for by `serve`
 
     return serve(config)
+
+
+def _check_certificates(config: Config) -> None:
+    """check-config loads the certificate and key the way serve will, so a bad pair fails here first."""
+    if not config["server", "tls_listen"]:
+        return
+    from dlrd.tls import build_server_context, certificate_files
+
+    try:
+        build_server_context(certificate_files(config))
+    except DlrdError as error:
+        raise ConfigError(f"{Path(config.source or 'built-in defaults').name} {error}") from None
 
 
 def _send_test(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import configparser
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from dlrd.errors import ConfigError
 CONFIG_ENV = "DLRD_CONFIG"
 DEFAULT_DATA_DIR = "dlrd-data"
 DATABASE_NAME = "dlrd.db"
+MAX_CREDENTIAL = 20
 SECTIONS = ("server", "auth", "storage", "journal", "log", "report_codes")
 
 Address = tuple[str, int]
@@ -85,6 +87,12 @@ def parse_count(text: str) -> int:
     return int(text)
 
 
+def parse_whole_number(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"must be a whole number, 0 or more, got {text!r}")
+    return int(text)
+
+
 _BOOLEANS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
 
@@ -139,6 +147,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "listen", parse_addresses, "127.0.0.1:8080",
             "Plain-HTTP listen addresses, host:port, comma-separated ([::1]:8080 for IPv6). "
             "Empty disables plain HTTP."),
+    Setting("server", "tls_listen", parse_addresses, "",
+            "HTTPS listen addresses, host:port, comma-separated, like 0.0.0.0:443, [::]:443. Empty disables HTTPS. "
+            "Needs tls_cert."),
+    Setting("server", "tls_cert", parse_text, "",
+            "PEM certificate chain, leaf first (certbot's fullchain.pem). Re-read on SIGHUP."),
+    Setting("server", "tls_key", parse_text, "",
+            "PEM private key of tls_cert (certbot's privkey.pem). Empty: the key is in tls_cert. Re-read on SIGHUP."),
+    Setting("server", "tls_client_ca", parse_text, "",
+            "PEM CA bundle; when set, HTTPS clients must present a certificate it signed, and its subject is "
+            "stored with each receipt. Empty: no client certificates."),
     Setting("server", "path", parse_paths, "/",
             "URL paths that accept receipts, comma-separated. Point the provider's URL at one of them."),
     Setting("server", "max_body_bytes", parse_positive_size, "64k",
@@ -147,11 +165,28 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a client has to send a request's line and headers, and the least time it gets for the body."),
     Setting("server", "max_connections", parse_count, "256",
             "Open connections at most; a connection past this is closed at once."),
+    Setting("server", "keepalive_timeout", parse_seconds, "15",
+            "Seconds an idle kept-alive connection is held open waiting for the client's next request."),
+    Setting("server", "min_body_rate", parse_positive_size, "1k",
+            "Slowest request body accepted, in bytes per second (like 1k): past request_timeout, a body "
+            "must keep arriving at this rate or the client gets 408 and is disconnected."),
     Setting("auth", "username", parse_text, "",
             "Username the provider must send (set it on the provider's Delivery Receipts page). Empty: not checked."),
     Setting("auth", "pin", parse_text, "",
-            "PIN the provider must send. Prefer pin_file or a systemd credential over putting it here.",
+            "PIN the provider must send. Prefer pin_file or pin_credential: a PIN in a file others can read draws "
+            "a warning at start.",
             secret=True),
+    Setting("auth", "pin_file", parse_text, "",
+            "File holding the PIN (one line, mode 0600 or 0640). Use instead of pin."),
+    Setting("auth", "pin_credential", parse_text, "",
+            "Name of a systemd credential holding the PIN ($CREDENTIALS_DIRECTORY/<name>, from LoadCredential= "
+            "in the unit). Use instead of pin."),
+    Setting("auth", "allow_from", parse_networks, "",
+            "Source addresses or CIDRs allowed to POST, comma-separated, IPv4 and IPv6. Others get 403 before "
+            "their body is read. Empty: all sources."),
+    Setting("auth", "trusted_proxies", parse_networks, "",
+            "Addresses of reverse proxies (nginx) whose X-Forwarded-For header is believed for allow_from and "
+            "the stored remote address. Empty: X-Forwarded-For is ignored."),
     Setting("storage", "database", parse_text, "",
             f"SQLite database file. Empty: {DATABASE_NAME} in $STATE_DIRECTORY, or in ./{DEFAULT_DATA_DIR}."),
     Setting("storage", "synchronous", choice("full", "normal"), "full",
@@ -177,6 +212,7 @@ class Config:
     values: dict[tuple[str, str], Any]
     report_codes: dict[int, ReportCode]
     source: str | None
+    warnings: tuple[str, ...] = ()
 
     def __getitem__(self, key: tuple[str, str]) -> Any:
         return self.values[key]
@@ -238,9 +274,14 @@ def load_config(path: str | None, environ: dict[str, str] | None = None) -> Conf
                 raise ConfigError(f"{label} [report_codes] {code_text}: {error}") from None
             codes[code.code] = code
 
+    warnings: list[str] = []
     _complete_paths(values, env)
     _check_combinations(values, label)
-    return Config(values, codes, path)
+    _resolve_pin(values, label, env, warnings)
+    if path and parser.get("auth", "pin", fallback="").strip() and _world_readable(Path(path)):
+        warnings.append(f"{label} [auth] pin: this file is readable by every user and holds the PIN; "
+                        "chmod o-r it, or move the PIN to pin_file or pin_credential")
+    return Config(values, codes, path, tuple(warnings))
 
 
 def _complete_paths(values: dict[tuple[str, str], Any], env: dict[str, str]) -> None:
@@ -255,8 +296,58 @@ def _complete_paths(values: dict[tuple[str, str], Any], env: dict[str, str]) -> 
 
 
 def _check_combinations(values: dict[tuple[str, str], Any], label: str) -> None:
-    if not values["server", "listen"]:
-        raise ConfigError(f"{label} [server] listen: empty, so dlrd would listen nowhere; give a host:port")
+    if not values["server", "listen"] and not values["server", "tls_listen"]:
+        raise ConfigError(f"{label} [server] listen: empty and tls_listen is empty too, so dlrd would listen "
+                          "nowhere; give a host:port")
+    if values["server", "tls_listen"] and not values["server", "tls_cert"]:
+        raise ConfigError(f"{label} [server] tls_cert: tls_listen is set, so a certificate is needed "
+                          "(certbot: /etc/letsencrypt/live/<name>/fullchain.pem)")
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        if values["server", key] and not values["server", "tls_listen"]:
+            raise ConfigError(f"{label} [server] {key}: set, but tls_listen is empty so HTTPS is off; "
+                              "set tls_listen or remove it")
+    both = {address for address in values["server", "listen"] if address[1]} & set(values["server", "tls_listen"])
+    if both:
+        host, port = sorted(both)[0]
+        raise ConfigError(f"{label} [server] tls_listen: {host}:{port} is also in listen; one port, one protocol")
+    pin_sources = [key for key in ("pin", "pin_file", "pin_credential") if values["auth", key]]
+    if len(pin_sources) > 1:
+        raise ConfigError(f"{label} [auth] {pin_sources[1]}: {pin_sources[0]} is set too; give the PIN one way")
+    if len(values["auth", "username"]) > MAX_CREDENTIAL:
+        raise ConfigError(f"{label} [auth] username: longer than the provider's {MAX_CREDENTIAL} characters")
+
+
+def _resolve_pin(values: dict[tuple[str, str], Any], label: str, env: dict[str, str], warnings: list[str]) -> None:
+    """Read the PIN from its file or systemd credential, so the rest of dlrd sees one value."""
+    source = None
+    if values["auth", "pin_file"]:
+        source = Path(values["auth", "pin_file"])
+        key = "pin_file"
+    elif values["auth", "pin_credential"]:
+        key = "pin_credential"
+        directory = env.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ConfigError(f"{label} [auth] pin_credential: $CREDENTIALS_DIRECTORY is not set; run under "
+                              "systemd with LoadCredential= or use pin_file")
+        source = Path(directory) / values["auth", "pin_credential"]
+    if source is not None:
+        try:
+            values["auth", "pin"] = source.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ConfigError(f"{label} [auth] {key}: cannot read {source}: {error.strerror or error}") from None
+        if not values["auth", "pin"]:
+            raise ConfigError(f"{label} [auth] {key}: {source} is empty")
+        if key == "pin_file" and _world_readable(source):
+            warnings.append(f"{label} [auth] pin_file: {source} is readable by every user; chmod o-r it")
+    if len(values["auth", "pin"]) > MAX_CREDENTIAL:
+        raise ConfigError(f"{label} [auth] pin: longer than the provider's {MAX_CREDENTIAL} characters")
+
+
+def _world_readable(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
 
 
 def _one_line(text: str) -> str:

@@ -14,8 +14,10 @@ import sys
 
 from dlrd import __version__
 from dlrd.app import Application
+from dlrd.auth import Credentials
 from dlrd.codes import ReportCodeTable
-from dlrd.config import Config
+from dlrd.config import Config, load_config
+from dlrd.errors import ConfigError
 from dlrd.journal import JournalWriter
 from dlrd.metrics import Metrics
 from dlrd.receiver import ReceiptEndpoint
@@ -23,6 +25,13 @@ from dlrd.server import HttpServer
 from dlrd.store import ReceiptStore
 
 log = logging.getLogger("dlrd")
+
+# Keys whose new value SIGHUP cannot apply to a running daemon.
+RESTART_ONLY = (
+    ("server", "listen"), ("server", "tls_listen"), ("server", "tls_client_ca"), ("server", "max_connections"),
+    ("server", "max_body_bytes"), ("server", "request_timeout"), ("storage", "database"),
+    ("storage", "synchronous"), ("journal", "directory"),
+)
 
 
 def configure_logging(level: str) -> None:
@@ -49,14 +58,17 @@ async def _serve(config: Config) -> int:
                          config["storage", "lock_timeout"])
     store.open()
     metrics.gauges["dlrd_storage_healthy"] = lambda: float(store.healthy)
-    receipts = ReceiptEndpoint(store, ReportCodeTable(config.report_codes), metrics)
+    receipts = ReceiptEndpoint(store, ReportCodeTable(config.report_codes), metrics, credentials(config))
     metrics.gauges["dlrd_last_receipt_timestamp_seconds"] = lambda: receipts.last_stored
-    server = HttpServer(config, Application(config, store, receipts, metrics), metrics)
+    app = Application(config, store, receipts, metrics)
     try:
+        server = HttpServer(config, app, metrics)
         await server.start()
     except BaseException:
         store.close()
         raise
+    for warning in config.warnings:
+        log.warning("%s", warning)
 
     stop = asyncio.Event()
     hangup = asyncio.Event()
@@ -64,7 +76,7 @@ async def _serve(config: Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hangup.set)
-    reloader = loop.create_task(_reload_on_hangup(hangup, store))
+    reloader = loop.create_task(_reload_on_hangup(hangup, config, store, app, receipts, server))
     log.info("dlrd %s storing receipts in %s, journal in %s", __version__, config.database_path,
              config.journal_dir)
     for url in server.bound:
@@ -78,12 +90,35 @@ async def _serve(config: Config) -> int:
     return 0
 
 
-async def _reload_on_hangup(hangup: asyncio.Event, store: ReceiptStore) -> None:
-    """SIGHUP: reopen the journal for logrotate."""
+def credentials(config: Config) -> Credentials:
+    return Credentials(config["auth", "username"], config["auth", "pin"])
+
+
+async def _reload_on_hangup(hangup: asyncio.Event, config: Config, store: ReceiptStore, app: Application,
+                            receipts: ReceiptEndpoint, server: HttpServer) -> None:
+    """SIGHUP: re-read the config, reload the certificate, reopen the journal; never drop a connection."""
     while True:
         await hangup.wait()
         hangup.clear()
-        log.info("SIGHUP: reopening the journal")
+        log.info("SIGHUP: re-reading %s, reloading the certificate, reopening the journal",
+                 config.source or "the built-in defaults")
+        try:
+            fresh = load_config(config.source)
+        except ConfigError as error:
+            log.error("SIGHUP: %s; keeping the running configuration", error)
+        else:
+            changed = [f"[{section}] {name}" for section, name in RESTART_ONLY
+                       if fresh[section, name] != config[section, name]]
+            if changed:
+                log.warning("SIGHUP: %s changed; restart dlrd to apply", ", ".join(changed))
+            logging.getLogger().setLevel(fresh["log", "level"].upper())
+            app.reload(fresh)
+            server.reload(fresh)
+            receipts.credentials = credentials(fresh)
+            receipts.codes = ReportCodeTable(fresh.report_codes)
+            for warning in fresh.warnings:
+                log.warning("%s", warning)
+            config = fresh
         try:
             await asyncio.wrap_future(store.reopen_journal())
         except Exception as error:

@@ -14,6 +14,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from dlrd.auth import Credentials
 from dlrd.codes import ReportCodeTable
 from dlrd.errors import StorageUnavailable
 from dlrd.http import Request, Response
@@ -65,10 +66,12 @@ def fault_response(media_type: str, version: SoapVersion, sender_at_fault: bool,
 class ReceiptEndpoint:
     """Turns a POSTed SubmitDeliveryReceipt into a stored receipt and an answer."""
 
-    def __init__(self, store: ReceiptStore, codes: ReportCodeTable, metrics: Metrics) -> None:
+    def __init__(self, store: ReceiptStore, codes: ReportCodeTable, metrics: Metrics,
+                 credentials: Credentials) -> None:
         self.store = store
         self.codes = codes
         self.metrics = metrics
+        self.credentials = credentials
         self.last_stored = 0.0
 
     async def handle(self, request: Request) -> Response:
@@ -79,7 +82,25 @@ class ReceiptEndpoint:
             log.warning("refused a request from %s: %s", request.remote_addr, rejected.reason)
             self.metrics.count("dlrd_requests_refused_total", status="fault", reason="not-a-receipt")
             return fault_response(media_type, rejected.soap_version, True, rejected.reason)
+        if self.credentials.required and not self.credentials.accept(envelope.fields):
+            return await self._refuse_credentials(request, envelope)
         return await self._store(request, envelope)
+
+    async def _refuse_credentials(self, request: Request, envelope: Envelope) -> Response:
+        """Same fault whichever credential was wrong; the request is kept in case the config was the mistake."""
+        media_type = request.head.media_type
+        username = envelope.fields.get("Username", "")
+        log.warning("authentication failed for a receipt from %s (Username %r); quarantined",
+                    request.remote_addr, username[:40])
+        self.metrics.count("dlrd_auth_failures_total")
+        body = redact_pin(request.body, envelope.fields.get("PIN"))
+        try:
+            await asyncio.wrap_future(self.store.quarantine(
+                received_now(), request.remote_addr, "authentication failed", media_type, body))
+        except StorageUnavailable:
+            return self._unavailable(media_type, envelope.soap_version)
+        self.metrics.count("dlrd_receipts_quarantined_total", reason="authentication")
+        return fault_response(media_type, envelope.soap_version, True, "authentication failed")
 
     async def _store(self, request: Request, envelope: Envelope) -> Response:
         media_type = request.head.media_type

@@ -10,7 +10,9 @@ Nagle/delayed-ACK stall of header-then-body writes.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -30,12 +32,12 @@ from dlrd.http import (
     render_response,
 )
 from dlrd.metrics import Metrics
+from dlrd.tls import ServerTls, certificate_files, client_identity
 
 log = logging.getLogger("dlrd.server")
 access_log = logging.getLogger("dlrd.access")
 
 LISTEN_BACKLOG = 512
-KEEPALIVE_TIMEOUT = 15.0
 SWEEP_INTERVAL = 0.5
 SHUTDOWN_GRACE = 10.0
 
@@ -49,6 +51,8 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.remote_addr = "unknown"
+        self.peer_addr = "unknown"
+        self.client_cert: str | None = None
         self.buffer = bytearray()
         self.state = IDLE
         self.deadline = 0.0
@@ -62,17 +66,19 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.remote_addr = peer[0] if peer else "unknown"
-        if len(self.server.connections) >= self.server.max_connections:
-            self.server.metrics.count("dlrd_requests_refused_total", status="closed", reason="max-connections")
-            self.server.note_connection_limit()
+        self.peer_addr = self.remote_addr = peer[0] if peer else "unknown"
+        if self.server.at_connection_limit():
             self.state = CLOSED
             transport.abort()
             return
+        self.transport = transport
+        self.client_cert = client_identity(transport.get_extra_info("peercert"))
         self.server.connections.add(self)
         self.deadline = time.monotonic() + self.server.request_timeout
+        if self.buffer:
+            # TLS: application data that arrived with the end of the handshake.
+            self._advance()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
@@ -89,9 +95,9 @@ class Connection(asyncio.Protocol):
         return self.state == BUSY
 
     def data_received(self, data: bytes) -> None:
-        if self.state == CLOSED:
-            return
         self.buffer += data
+        if self.state == CLOSED or self.transport is None:
+            return
         if self.state == BUSY:
             # Pipelined bytes wait until the current answer is out; stop
             # reading once they exceed what one request may hold.
@@ -124,7 +130,9 @@ class Connection(asyncio.Protocol):
                 return
             head = parse_head(bytes(self.buffer[:end]))
             del self.buffer[:end]
-            refusal = self.server.app.check_head(head)
+            forwarded_for = head.headers.get("x-forwarded-for")
+            self.remote_addr = self.server.app.sources.client_address(self.peer_addr, forwarded_for)
+            refusal = self.server.app.check_head(head, self.remote_addr)
             if refusal is not None:
                 self._log_access(head, refusal)
                 self._send(refusal, keep_alive=False)
@@ -152,11 +160,8 @@ class Connection(asyncio.Protocol):
 
     def _dispatch(self, head: RequestHead, body: bytes) -> None:
         self.state = BUSY
-        request = Request(head, body, self.remote_addr, self.tls_client())
+        request = Request(head, body, self.remote_addr, self.client_cert)
         asyncio.get_running_loop().create_task(self._serve(request))
-
-    def tls_client(self) -> str | None:
-        return None
 
     async def _serve(self, request: Request) -> None:
         try:
@@ -227,42 +232,132 @@ class Connection(asyncio.Protocol):
         self._send(plain_response(408, "request timeout", close=True), keep_alive=False)
 
 
+class _AlertingSSLProtocol(asyncio.sslproto.SSLProtocol):
+    """asyncio's TLS protocol, but a failed handshake still sends OpenSSL's alert.
+
+    In CPython 3.11 sslproto._do_handshake does not call _process_outgoing
+    when do_handshake raises SSLError, so the alert OpenSSL queued is never
+    sent: a TLS 1.1 client would see a bare EOF instead of the
+    protocol_version alert that tells its operator what is wrong.
+    """
+
+    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        if handshake_exc is not None:
+            self._process_outgoing()  # type: ignore[attr-defined]
+        super()._on_handshake_complete(handshake_exc)  # type: ignore[misc]
+
+
+async def _start_tls(transport: asyncio.Transport, protocol: asyncio.Protocol, context: ssl.SSLContext,
+                     timeout: float) -> asyncio.Transport:
+    """loop.start_tls(server_side=True) with _AlertingSSLProtocol in place of asyncio's own."""
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    ssl_protocol = _AlertingSSLProtocol(loop, protocol, context, waiter, server_side=True,
+                                        call_connection_made=False, ssl_handshake_timeout=timeout)
+    transport.pause_reading()
+    transport.set_protocol(ssl_protocol)
+    made = loop.call_soon(ssl_protocol.connection_made, transport)
+    resumed = loop.call_soon(transport.resume_reading)
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        made.cancel()
+        resumed.cancel()
+        raise
+    return ssl_protocol._app_transport  # type: ignore[attr-defined]
+
+
+class TlsHandshake(asyncio.Protocol):
+    """An HTTPS connection before its handshake: holds the socket still until the server wraps it."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        # Nothing may be read before TLS takes the transport over.
+        transport.pause_reading()
+        if self.server.at_connection_limit():
+            transport.abort()
+            return
+        self.server.handshakes.add(asyncio.get_running_loop().create_task(self.server.handshake(transport)))
+
+
 class HttpServer:
     """Listens on the configured addresses and owns every connection."""
 
     def __init__(self, config: Config, app: Application, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self.tls = ServerTls(certificate_files(config)) if config["server", "tls_listen"] else None
+        self.tls_listen: list[Address] = config["server", "tls_listen"]
         self.listen: list[Address] = config["server", "listen"]
         self.max_connections: int = config["server", "max_connections"]
         self.max_body: int = config["server", "max_body_bytes"]
         self.request_timeout: float = config["server", "request_timeout"]
-        self.keepalive_timeout = KEEPALIVE_TIMEOUT
-        self.min_body_rate = 1024.0
+        self.keepalive_timeout: float = config["server", "keepalive_timeout"]
+        self.min_body_rate: int = config["server", "min_body_rate"]
         self.access_log: bool = config["log", "access_log"]
         self.connections: set[Connection] = set()
+        self.handshakes: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.bound: list[str] = []
         self._servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._limit_logged = 0.0
         metrics.gauges["dlrd_connections_open"] = lambda: len(self.connections)
+        if self.tls is not None:
+            metrics.gauges["dlrd_tls_certificate_expiry_timestamp_seconds"] = lambda: self.tls.expires_at or 0.0
 
     async def start(self) -> None:
         """Bind every listener or none: a half-started daemon is worse than a refusal."""
         loop = asyncio.get_running_loop()
-        try:
-            for host, port in self.listen:
-                server = await loop.create_server(
-                    lambda: Connection(self), host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
-                self._servers.append(server)
-                for sock in server.sockets:
-                    self.bound.append("http://" + _url_host(sock.getsockname()))
-        except OSError as error:
-            await self.close_listeners()
-            raise StartupError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
-                               "free the port or change [server] listen") from None
+        listeners = [("http", address, lambda: Connection(self)) for address in self.listen]
+        listeners += [("https", address, lambda: TlsHandshake(self)) for address in self.tls_listen]
+        for scheme, (host, port), factory in listeners:
+            try:
+                server = await loop.create_server(factory, host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
+            except OSError as error:
+                await self.close_listeners()
+                key = "listen" if scheme == "http" else "tls_listen"
+                raise StartupError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
+                                   f"free the port or change [server] {key}") from None
+            self._servers.append(server)
+            for sock in server.sockets:
+                self.bound.append(f"{scheme}://" + _url_host(sock.getsockname()))
         self._sweeper = loop.create_task(self._sweep())
+
+    async def handshake(self, transport: asyncio.Transport) -> None:
+        """Run one TLS handshake with a deadline; a failure costs one log line, never the listener."""
+        assert self.tls is not None
+        peer = transport.get_extra_info("peername")
+        remote = peer[0] if peer else "unknown"
+        connection = Connection(self)
+        try:
+            tls_transport = await _start_tls(transport, connection, self.tls.context, self.request_timeout)
+        except Exception as error:  # every handshake failure ends the same way: log, count, drop
+            self.metrics.count("dlrd_tls_handshake_failures_total")
+            log.info("TLS handshake with %s failed: %s", remote, _handshake_failure(error))
+            transport.abort()
+            return
+        finally:
+            self.handshakes.discard(asyncio.current_task())  # type: ignore[arg-type]
+        connection.connection_made(tls_transport)
+
+    def at_connection_limit(self) -> bool:
+        """True (and counted, and logged at most once a minute) when no connection may be added."""
+        if len(self.connections) + len(self.handshakes) < self.max_connections:
+            return False
+        self.metrics.count("dlrd_requests_refused_total", status="closed", reason="max-connections")
+        self.note_connection_limit()
+        return True
+
+    def reload(self, config: Config) -> None:
+        """Apply what SIGHUP may change without a restart: the certificate and the access log."""
+        self.access_log = config["log", "access_log"]
+        if self.tls is not None and config["server", "tls_cert"]:
+            self.tls.reload(certificate_files(config))
 
     async def close_listeners(self) -> None:
         for server in self._servers:
@@ -288,6 +383,8 @@ class HttpServer:
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.abort()
+        for handshake in list(self.handshakes):
+            handshake.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._servers = []
@@ -310,3 +407,11 @@ class HttpServer:
 def _url_host(sockname: Any) -> str:
     host, port = sockname[0], sockname[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _handshake_failure(error: Exception) -> str:
+    if isinstance(error, ssl.SSLError):
+        return error.reason or error.__class__.__name__
+    if isinstance(error, (TimeoutError, ConnectionAbortedError)):
+        return "no handshake within request_timeout"
+    return str(error) or error.__class__.__name__

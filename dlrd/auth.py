@@ -1,0 +1,75 @@
+"""Who may deliver receipts: the provider's Username/PIN and the allowed source networks."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The Username and PIN the operator set on the provider's Delivery Receipts page."""
+
+    username: str = ""
+    pin: str = ""
+
+    @property
+    def required(self) -> bool:
+        return bool(self.username or self.pin)
+
+    def accept(self, fields: Mapping[str, str]) -> bool:
+        """True when every configured credential matches.
+
+        Both are compared, in constant time, whatever the first result: the
+        answer must not tell which one was wrong, not even by its timing.
+        """
+        username_ok = _same(fields.get("Username", ""), self.username) if self.username else True
+        pin_ok = _same(fields.get("PIN", ""), self.pin) if self.pin else True
+        return username_ok & pin_ok
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    # An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """allow_from and trusted_proxies: which connecting addresses may POST receipts."""
+
+    allow_from: tuple[Network, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
+
+    def client_address(self, peer: str, forwarded_for: str | None) -> str:
+        """The real client: the peer, or, behind a trusted proxy, the nearest untrusted X-Forwarded-For hop."""
+        if not forwarded_for or not self._trusted(peer):
+            return peer
+        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
+    def allows(self, client: str) -> bool:
+        if not self.allow_from:
+            return True
+        address = _address(client)
+        return address is not None and any(address in network for network in self.allow_from)
+
+    def _trusted(self, text: str) -> bool:
+        address = _address(text)
+        return address is not None and any(address in network for network in self.trusted_proxies)
