@@ -18,11 +18,12 @@ from dlrd.auth import Credentials
 from dlrd.codes import ReportCodeTable
 from dlrd.config import Config, load_config
 from dlrd.errors import ConfigError
-from dlrd.journal import JournalWriter
+from dlrd.journal import JournalWriter, Rotation
 from dlrd.metrics import Metrics
 from dlrd.receiver import ReceiptEndpoint
 from dlrd.server import HttpServer
 from dlrd.store import ReceiptStore
+from dlrd.systemd import Notifier
 
 log = logging.getLogger("dlrd")
 
@@ -30,7 +31,7 @@ log = logging.getLogger("dlrd")
 RESTART_ONLY = (
     ("server", "listen"), ("server", "tls_listen"), ("server", "tls_client_ca"), ("server", "max_connections"),
     ("server", "max_body_bytes"), ("server", "request_timeout"), ("storage", "database"),
-    ("storage", "synchronous"), ("journal", "directory"),
+    ("storage", "synchronous"), ("storage", "lock_timeout"), ("journal", "directory"),
 )
 
 
@@ -49,15 +50,21 @@ def configure_logging(level: str) -> None:
 def serve(config: Config) -> int:
     """Run until SIGTERM or SIGINT; raise StartupError if something needed is unusable."""
     configure_logging(config["log", "level"])
+    # A full file-size limit must surface as EFBIG on write (a 503), not kill the daemon.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     return asyncio.run(_serve(config))
 
 
 async def _serve(config: Config) -> int:
     metrics = Metrics()
-    store = ReceiptStore(config.database_path, JournalWriter(config.journal_dir), config["storage", "synchronous"],
+    journal = JournalWriter(config.journal_dir, config["journal", "fsync"], journal_rotation(config))
+    store = ReceiptStore(config.database_path, journal, config["storage", "synchronous"],
                          config["storage", "lock_timeout"])
     store.open()
     metrics.gauges["dlrd_storage_healthy"] = lambda: float(store.healthy)
+    metrics.gauges["dlrd_journal_writable"] = lambda: float(store.journal_writable)
+    metrics.gauges["dlrd_commits_total"] = lambda: store.commits
+    metrics.gauges["dlrd_committed_jobs_total"] = lambda: store.committed_jobs
     receipts = ReceiptEndpoint(store, ReportCodeTable(config.report_codes), metrics, credentials(config))
     metrics.gauges["dlrd_last_receipt_timestamp_seconds"] = lambda: receipts.last_stored
     app = Application(config, store, receipts, metrics)
@@ -76,13 +83,19 @@ async def _serve(config: Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hangup.set)
-    reloader = loop.create_task(_reload_on_hangup(hangup, config, store, app, receipts, server))
+    notifier = Notifier()
+    reloader = loop.create_task(_reload_on_hangup(hangup, config, store, app, receipts, server, notifier))
     log.info("dlrd %s storing receipts in %s, journal in %s", __version__, config.database_path,
              config.journal_dir)
     for url in server.bound:
         log.info("listening on %s", url)
+    notifier.ready(f"listening on {', '.join(server.bound)}")
+    watchdog = loop.create_task(_feed_watchdog(notifier, store)) if notifier.watchdog_interval else None
     await stop.wait()
+    notifier.stopping()
     reloader.cancel()
+    if watchdog is not None:
+        watchdog.cancel()
     log.info("stopping: finishing requests in progress")
     await server.stop()
     store.close()
@@ -90,16 +103,22 @@ async def _serve(config: Config) -> int:
     return 0
 
 
+def journal_rotation(config: Config) -> Rotation:
+    return Rotation(config["journal", "rotate_bytes"], config["journal", "rotate_when"],
+                    config["journal", "rotate_utc"], config["journal", "backups"], config["journal", "compress"])
+
+
 def credentials(config: Config) -> Credentials:
     return Credentials(config["auth", "username"], config["auth", "pin"])
 
 
 async def _reload_on_hangup(hangup: asyncio.Event, config: Config, store: ReceiptStore, app: Application,
-                            receipts: ReceiptEndpoint, server: HttpServer) -> None:
+                            receipts: ReceiptEndpoint, server: HttpServer, notifier: Notifier) -> None:
     """SIGHUP: re-read the config, reload the certificate, reopen the journal; never drop a connection."""
     while True:
         await hangup.wait()
         hangup.clear()
+        notifier.reloading()
         log.info("SIGHUP: re-reading %s, reloading the certificate, reopening the journal",
                  config.source or "the built-in defaults")
         try:
@@ -120,6 +139,16 @@ async def _reload_on_hangup(hangup: asyncio.Event, config: Config, store: Receip
                 log.warning("%s", warning)
             config = fresh
         try:
-            await asyncio.wrap_future(store.reopen_journal())
+            await asyncio.wrap_future(store.reopen_journal(config["journal", "fsync"], journal_rotation(config)))
         except Exception as error:
             log.error("SIGHUP: could not reopen the journal: %s", error)
+        notifier.ready("reloaded")
+
+
+async def _feed_watchdog(notifier: Notifier, store: ReceiptStore) -> None:
+    """Ping systemd's watchdog while the event loop runs and the writer thread is alive."""
+    assert notifier.watchdog_interval is not None
+    while True:
+        await asyncio.sleep(notifier.watchdog_interval)
+        if store.writer_alive():
+            notifier.watchdog()

@@ -1,0 +1,33 @@
+"""sd_notify as systemd sees it: a real datagram socket standing in for systemd's."""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+from wire import wait_for
+
+
+def test_ready_reloading_stopping_and_watchdog_reach_notify_socket(daemon_factory, tmp_path):
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(10)
+    messages: list[str] = []
+
+    def received(text: str) -> bool:
+        while not any(text in message for message in messages):
+            messages.append(listener.recv(4096).decode())
+        return True
+
+    try:
+        daemon = daemon_factory(env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"})
+        assert received("READY=1")
+        assert received("WATCHDOG=1")
+        daemon.process.send_signal(signal.SIGHUP)
+        assert received("RELOADING=1")
+        wait_for(lambda: received("STATUS=reloaded"), 10, "READY after the reload")
+        assert daemon.stop() == 0
+        assert received("STOPPING=1")
+    finally:
+        listener.close()
