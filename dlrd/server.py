@@ -95,9 +95,11 @@ class Connection(asyncio.Protocol):
         return self.state == BUSY
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if self.state == CLOSED or self.transport is None:
+        if self.state == CLOSED:
             return
+        self.buffer += data
+        if self.transport is None:
+            return  # TLS: bytes that came with the handshake's end, read once connection_made runs
         if self.state == BUSY:
             # Pipelined bytes wait until the current answer is out; stop
             # reading once they exceed what one request may hold.
