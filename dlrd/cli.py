@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 import traceback
-from pathlib import Path
 
 from dlrd import __version__
 from dlrd.config import CONFIG_ENV, Config, default_config_path, load_config, render_effective, render_example
@@ -100,7 +99,7 @@ def _check_certificates(config: Config) -> None:
     try:
         build_server_context(certificate_files(config))
     except DlrdError as error:
-        raise ConfigError(f"{Path(config.source or 'built-in defaults').name} {error}") from None
+        raise ConfigError(f"{config.source or 'built-in defaults'} {error}") from None
 
 
 def _send_test(args: argparse.Namespace) -> int:

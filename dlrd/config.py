@@ -190,12 +190,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage", "database", parse_text, "",
             f"SQLite database file. Empty: {DATABASE_NAME} in $STATE_DIRECTORY, or in ./{DEFAULT_DATA_DIR}."),
     Setting("storage", "synchronous", choice("full", "normal"), "full",
-            "full: every answered receipt survives a power cut. normal: faster, but a power cut (not a crash) "
-            "may lose the last receipts already answered 200."),
+            "full: SQLite syncs its write-ahead log to disk at every commit, before the 200 goes out, so every "
+            "answered receipt survives a crash of dlrd and a power cut or kernel panic. normal: one disk sync "
+            "fewer per commit, faster on slow disks, still safe if dlrd crashes; but a power cut or kernel "
+            "panic may roll back the last commits, losing receipts the provider was told were stored and will "
+            "not send again (their journal lines may then name receipts the database lost)."),
     Setting("storage", "lock_timeout", parse_seconds, "5",
-            "Seconds to wait for a database locked by another program before answering 503."),
+            "Seconds to wait for a database locked by another program (a backup, an sqlite3 shell) before "
+            "answering 503 with Retry-After; the provider then sends the receipt again."),
     Setting("journal", "directory", parse_text, "",
             f"Directory of receipts.jsonl. Empty: $LOGS_DIRECTORY, or ./{DEFAULT_DATA_DIR}."),
+    Setting("journal", "fsync", parse_bool, "no",
+            "yes: sync receipts.jsonl to disk after every batch of lines (one more disk sync per commit). no: "
+            "the lines reach the disk within seconds; if a power cut loses the last ones, dlrd appends them "
+            "again from the database at the next start. Either way a line is written only after its commit."),
+    Setting("journal", "rotate_bytes", parse_size, "0",
+            "Rotate receipts.jsonl before it would grow past this size, like 100m. 0: not by size."),
+    Setting("journal", "rotate_when", choice("never", "midnight"), "never",
+            "midnight: rotate receipts.jsonl at every midnight, even when no receipt comes in (an empty file "
+            "is left as it is). never: not by time."),
+    Setting("journal", "rotate_utc", parse_bool, "yes",
+            "yes: rotate_when's midnight is midnight UTC. no: midnight in the local time zone."),
+    Setting("journal", "backups", parse_whole_number, "0",
+            "Rotated files kept; older ones are deleted. 0 keeps them all. A rotated file is named by the UTC "
+            "time of its rotation, like receipts-20261124T221700.123Z.jsonl, so names sort by time."),
+    Setting("journal", "compress", parse_bool, "no",
+            "yes: gzip rotated files (receipts-<time>.jsonl.gz) in a background thread, never delaying a receipt."),
     Setting("log", "level", choice("debug", "info", "warning", "error"), "info",
             "Least severe log message written to stderr (journald under systemd)."),
     Setting("log", "access_log", parse_bool, "no",
@@ -234,7 +254,7 @@ def default_config_path(environ: dict[str, str] | None = None) -> str | None:
 def load_config(path: str | None, environ: dict[str, str] | None = None) -> Config:
     """Read, validate and complete a configuration; raise ConfigError on the first problem."""
     env = dict(os.environ if environ is None else environ)
-    label = Path(path).name if path else "built-in defaults"
+    label = path or "built-in defaults"
     parser = configparser.ConfigParser(interpolation=None, delimiters=("=",), comment_prefixes=("#", ";"))
     parser.optionxform = str  # type: ignore[assignment, method-assign]
     if path:
@@ -310,6 +330,11 @@ def _check_combinations(values: dict[tuple[str, str], Any], label: str) -> None:
     if both:
         host, port = sorted(both)[0]
         raise ConfigError(f"{label} [server] tls_listen: {host}:{port} is also in listen; one port, one protocol")
+    rotating = values["journal", "rotate_bytes"] or values["journal", "rotate_when"] != "never"
+    for key in ("backups", "compress"):
+        if values["journal", key] and not rotating:
+            raise ConfigError(f"{label} [journal] {key}: set, but the journal never rotates; "
+                              "set rotate_bytes or rotate_when")
     pin_sources = [key for key in ("pin", "pin_file", "pin_credential") if values["auth", key]]
     if len(pin_sources) > 1:
         raise ConfigError(f"{label} [auth] {pin_sources[1]}: {pin_sources[0]} is set too; give the PIN one way")

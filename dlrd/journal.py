@@ -1,23 +1,45 @@
 """The JSONL journal: one line per stored receipt, for programs that tail it.
 
-Only the store's writer thread calls into a JournalWriter, so nothing here
-locks. Lines carry the receipt's `id`: delivery to the file is at least
-once, and a consumer drops the rare repeat by id.
+Only the store's writer thread calls into a JournalWriter, so the file,
+its size and its rotation need no lock. Lines carry the receipt's `id`:
+delivery to the file is at least once, and a consumer drops the rare
+repeat by id.
+
+Rotation renames receipts.jsonl to receipts-<UTC time>.jsonl and opens a
+new receipts.jsonl, as logrotate would, so `tail -F receipts.jsonl`
+follows it. Compressing and deleting rotated files is slow work for a
+background thread (RotatedFiles), never for the writer.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import logging
 import os
-from collections.abc import Iterable
+import re
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("dlrd.journal")
 
 JOURNAL_NAME = "receipts.jsonl"
 JOURNAL_FIELDS = (
     "id", "received_at", "message_id", "sent_to", "report", "label", "state", "final", "timestamp", "remote_addr",
 )
+# receipts-20261124T221700.123Z.jsonl[.gz]: fixed width, so names sort by time.
+ROTATED_NAME = re.compile(r"receipts-(\d{8}T\d{6}\.\d{3}Z)\.jsonl(\.gz)?")
+_STAMP_FORMAT = "%Y%m%dT%H%M%S"
 _TAIL_BYTES = 64 * 1024
+_COPY_CHUNK = 1024 * 1024
+
+Clock = Callable[[], float]
 
 
 def journal_line(row: dict[str, Any]) -> bytes:
@@ -29,55 +51,254 @@ def journal_line(row: dict[str, Any]) -> bytes:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
-class JournalWriter:
-    """Appends whole lines to receipts.jsonl, and knows the last id it holds."""
+@dataclass(frozen=True)
+class Rotation:
+    """When receipts.jsonl is rotated, and what becomes of the rotated files."""
 
-    def __init__(self, directory: Path, fsync: bool = False) -> None:
+    max_bytes: int = 0  # 0: not by size
+    when: str = "never"  # or "midnight"
+    utc: bool = True  # midnight in UTC, else in the local time zone
+    backups: int = 0  # rotated files kept; 0 keeps them all
+    compress: bool = False
+
+
+def rotated_name(stamp_ms: int) -> str:
+    """The rotated file's name for a UTC instant in milliseconds."""
+    instant = datetime.fromtimestamp(stamp_ms // 1000, UTC)
+    return f"receipts-{instant.strftime(_STAMP_FORMAT)}.{stamp_ms % 1000:03d}Z.jsonl"
+
+
+def _stamp_of(name: str) -> int | None:
+    match = ROTATED_NAME.fullmatch(name)
+    if match is None:
+        return None
+    whole, _, millis = match.group(1).rstrip("Z").partition(".")
+    instant = datetime.strptime(whole, _STAMP_FORMAT).replace(tzinfo=UTC)
+    return int(instant.timestamp()) * 1000 + int(millis)
+
+
+def rotated_files(directory: Path) -> list[Path]:
+    """Rotated journal files, oldest first; a file both plain and gzipped (mid-compression) counts once, plain."""
+    by_stamp: dict[int, Path] = {}
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        stamp = _stamp_of(name)
+        if stamp is not None and (stamp not in by_stamp or not name.endswith(".gz")):
+            by_stamp[stamp] = directory / name
+    return [by_stamp[stamp] for stamp in sorted(by_stamp)]
+
+
+def journal_files(directory: Path) -> list[Path]:
+    """Every journal file in the order its lines were written: rotated files, then receipts.jsonl."""
+    current = directory / JOURNAL_NAME
+    return rotated_files(directory) + ([current] if current.exists() else [])
+
+
+def read_lines(path: Path) -> list[bytes]:
+    """The complete lines of a journal file, gzipped or not."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    lines = data.split(b"\n")
+    return [line for line in lines[:-1] if line.strip()]
+
+
+def _last_id(lines: Iterable[bytes]) -> int:
+    for line in reversed(list(lines)):
+        try:
+            return int(json.loads(line)["id"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return 0
+
+
+def next_midnight(now: float, utc: bool) -> float:
+    """The first midnight after `now`, in UTC or in the local time zone (DST-aware)."""
+    if utc:
+        today = datetime.fromtimestamp(now, UTC).date()
+        return datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC).timestamp()
+    today = date.fromtimestamp(now)
+    # A naive datetime's timestamp() is local time, through mktime(3).
+    return datetime.combine(today + timedelta(days=1), datetime.min.time()).timestamp()
+
+
+class JournalWriter:
+    """Appends whole lines to receipts.jsonl, rotates it, and knows the last id it holds."""
+
+    def __init__(self, directory: Path, fsync: bool = False, rotation: Rotation | None = None,
+                 clock: Clock = time.time) -> None:
         self.directory = directory
         self.path = directory / JOURNAL_NAME
         self.fsync = fsync
+        self.rotation = rotation or Rotation()
+        self.clock = clock
+        self.rotated = RotatedFiles(directory, self.rotation, fsync)
         self._file: Any = None
+        self._next_rollover: float | None = None
+        self._last_stamp = 0
+        self._repair_size: int | None = None
+        self._rotation_failed = False
 
     def open(self) -> None:
-        """Open for appending, cutting off a line a crash left half-written."""
+        """Open for appending, cutting off a line a crash left half-written; start the housekeeper."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._drop_partial_line()
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open across calls)
+        self._open_file()
+        self.rotated.start()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Close the file and stop the housekeeper (an unfinished compression is redone at next start)."""
+        self._close_file()
+        self.rotated.stop()
+
+    def reopen(self, fsync: bool | None = None, rotation: Rotation | None = None) -> None:
+        """Close and reopen receipts.jsonl by name (an external logrotate may have moved it),
+        taking new settings when given."""
+        if fsync is not None:
+            self.fsync = self.rotated.fsync = fsync
+        if rotation is not None and rotation != self.rotation:
+            self.rotation = self.rotated.rotation = rotation
+            self._next_rollover = None
+            self.rotated.start()
+        self._close_file()
+        self._open_file()
 
     def append(self, lines: Iterable[bytes]) -> None:
-        """Write the lines in one call, so a reader never sees half a batch mid-line."""
+        """Write the lines in one call, so a reader never sees half a batch mid-line.
+
+        A failed write (disk full) is cut back off the file before the error is
+        raised, so the next append never continues a torn line.
+        """
         data = b"".join(lines)
         if not data:
             return
         if self._file is None:
-            self.open()
-        view = memoryview(data)
-        while view:
-            written = self._file.write(view)
-            view = view[written:]
-        if self.fsync:
-            os.fsync(self._file.fileno())
+            self._open_file()
+        self._repair()
+        self.rotate_if_due(len(data))
+        if self._file is None:
+            self._open_file()  # a rotation renamed the file but could not open the new one
+        fd = self._file.fileno()
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                written = self._file.write(view)
+                view = view[written:]
+            if self.fsync:
+                os.fsync(fd)
+        except OSError:
+            self._repair_size = start
+            try:
+                self._repair()
+            except OSError:
+                pass  # left for the next append
+            raise
 
     def last_id(self) -> int:
-        """The id on the journal's last complete line, 0 when there is none."""
+        """The id on the journal's last complete line, 0 when there is none.
+
+        Right after a rotation receipts.jsonl is empty, so the newest rotated
+        file speaks for it; otherwise a restart would journal it all again.
+        """
+        found = self._last_id_in(self.path)
+        if found:
+            return found
+        for path in reversed(rotated_files(self.directory)):
+            try:
+                found = _last_id(read_lines(path))
+            except (OSError, EOFError, zlib.error):
+                continue
+            if found:
+                return found
+        return 0
+
+    def seconds_until_rollover(self) -> float | None:
+        """How long the writer may idle before a time-based rotation is due; None when there is none."""
+        if self._next_rollover is None or self._file is None:
+            return None
+        return max(0.0, self._next_rollover - self.clock())
+
+    def rotate_if_due(self, incoming: int = 0) -> bool:
+        """Rotate now if the size or time limit says so; a failure is logged once and retried later."""
+        if self._file is None:
+            return False
+        size = os.fstat(self._file.fileno()).st_size
+        if size == 0:
+            # Nothing to rotate; a time rollover just moves on to the next midnight.
+            if self._next_rollover is not None and self.clock() >= self._next_rollover:
+                self._next_rollover = next_midnight(self.clock(), self.rotation.utc)
+            return False
+        by_size = 0 < self.rotation.max_bytes < size + incoming
+        by_time = self._next_rollover is not None and self.clock() >= self._next_rollover
+        if not (by_size or by_time):
+            return False
         try:
-            with open(self.path, "rb") as handle:
+            self._rotate()
+        except OSError as error:
+            if not self._rotation_failed:
+                log.error("cannot rotate the journal %s: %s; appending to it until rotation works", self.path, error)
+                self._rotation_failed = True
+            if by_time:
+                self._next_rollover = self.clock() + 60
+            return False
+        if self._rotation_failed:
+            log.warning("journal rotation works again")
+            self._rotation_failed = False
+        return True
+
+    def _rotate(self) -> None:
+        now_ms = int(self.clock() * 1000)
+        stamp = max(now_ms, self._last_stamp + 1)
+        target = self.directory / rotated_name(stamp)
+        if self.fsync:
+            os.fsync(self._file.fileno())
+        os.rename(self.path, target)
+        self._last_stamp = stamp
+        self._close_file()
+        self._open_file()
+        if self.fsync:
+            _fsync_directory(self.directory)
+        log.info("journal rotated to %s", target.name)
+        self.rotated.wake()
+
+    def _open_file(self) -> None:
+        self._drop_partial_line()
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open across calls)
+        self._repair_size = None
+        stamps = [_stamp_of(path.name) or 0 for path in rotated_files(self.directory)]
+        self._last_stamp = max([self._last_stamp, *stamps])
+        if self.rotation.when == "midnight":
+            stat = os.fstat(self._file.fileno())
+            # A file last written before a midnight passed (dlrd was down) rotates at the first append.
+            since = stat.st_mtime if stat.st_size else self.clock()
+            self._next_rollover = next_midnight(since, self.rotation.utc)
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _repair(self) -> None:
+        if self._repair_size is None:
+            return
+        fd = self._file.fileno()
+        if os.fstat(fd).st_size > self._repair_size:
+            os.ftruncate(fd, self._repair_size)
+        self._repair_size = None
+
+    @staticmethod
+    def _last_id_in(path: Path) -> int:
+        try:
+            with open(path, "rb") as handle:
                 size = handle.seek(0, os.SEEK_END)
                 handle.seek(max(0, size - _TAIL_BYTES))
                 tail = handle.read()
         except FileNotFoundError:
             return 0
-        for line in reversed(tail.split(b"\n")):
-            try:
-                return int(json.loads(line)["id"])
-            except (ValueError, KeyError, TypeError):
-                continue
-        return 0
+        return _last_id(tail.split(b"\n")[:-1])
 
     def _drop_partial_line(self) -> None:
         try:
@@ -93,3 +314,98 @@ class JournalWriter:
                 handle.truncate(size - len(tail) + cut + 1 if cut >= 0 else max(0, size - len(tail)))
         except FileNotFoundError:
             return
+
+
+class RotatedFiles:
+    """The background housekeeper of rotated files: gzips them and deletes those past the kept count.
+
+    It runs at start (finishing what a crash interrupted) and after each
+    rotation, in its own thread, so compressing never delays a receipt.
+    """
+
+    def __init__(self, directory: Path, rotation: Rotation, fsync: bool = False) -> None:
+        self.directory = directory
+        self.rotation = rotation
+        self.fsync = fsync
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None or not (self.rotation.compress or self.rotation.backups):
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="dlrd-journal-housekeeper", daemon=True)
+        self._thread.start()
+        self.wake()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        self._thread = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                break
+            try:
+                self.tidy()
+            except Exception:  # a housekeeping bug must not end the thread; the next rotation retries
+                log.exception("journal housekeeping failed")
+
+    def tidy(self) -> None:
+        """Compress what is not yet compressed, then delete the oldest files past `backups`."""
+        for stale in self.directory.glob("receipts-*.jsonl.gz.tmp"):
+            stale.unlink(missing_ok=True)
+        if self.rotation.compress:
+            for path in rotated_files(self.directory):
+                if self._stopping:
+                    return
+                if not path.name.endswith(".gz"):
+                    self._compress(path)
+        if self.rotation.backups:
+            for path in rotated_files(self.directory)[:-self.rotation.backups]:
+                plain = path.with_name(path.name.removesuffix(".gz"))
+                plain.unlink(missing_ok=True)
+                plain.with_name(plain.name + ".gz").unlink(missing_ok=True)
+                log.info("deleted the old journal file %s (backups = %d)", path.name, self.rotation.backups)
+
+    def _compress(self, path: Path) -> None:
+        target = path.with_name(path.name + ".gz")
+        temporary = path.with_name(path.name + ".gz.tmp")
+        try:
+            with open(path, "rb") as source, open(temporary, "wb") as raw:
+                with gzip.GzipFile(filename=path.name, mode="wb", fileobj=raw, mtime=int(path.stat().st_mtime)) as out:
+                    while chunk := source.read(_COPY_CHUNK):
+                        if self._stopping:
+                            break
+                        out.write(chunk)
+                if self._stopping:
+                    raise InterruptedError("stopping")
+                if self.fsync:
+                    raw.flush()
+                    os.fsync(raw.fileno())
+            os.rename(temporary, target)
+            path.unlink()
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            if not isinstance(error, InterruptedError):
+                log.error("cannot compress the journal file %s: %s; it stays uncompressed", path.name, error)
+            return
+        log.info("compressed the journal file %s", target.name)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

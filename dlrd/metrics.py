@@ -20,6 +20,10 @@ METRIC_HELP = {
     "dlrd_storage_failures_total": ("counter", "Receipts answered 503 because the database could not commit."),
     "dlrd_connections_open": ("gauge", "Client connections open now."),
     "dlrd_storage_healthy": ("gauge", "1 when the last database transaction committed, else 0."),
+    "dlrd_commits_total": ("counter", "Write transactions committed; each holds every receipt queued meanwhile."),
+    "dlrd_committed_jobs_total": ("counter", "Receipts, quarantined requests and health probes those transactions "
+                                  "held; divided by dlrd_commits_total, the mean group-commit batch size."),
+    "dlrd_journal_writable": ("gauge", "0 while receipts.jsonl cannot be written; the lines follow once it can."),
     "dlrd_last_receipt_timestamp_seconds": ("gauge", "Unix time of the last stored receipt; silence is an alarm."),
 }
 

@@ -18,9 +18,12 @@ MAX_SENT_TO_DIGITS = 15
 MAX_MESSAGE_ID = 15
 REQUIRED_FIELDS = ("MessageIdentifier", "SentTo", "Timestamp1", "Report")
 
+# re.ASCII: without it \d takes any Unicode digit, and int() reads
+# full-width "\uff12\uff10\uff10\uff12" as 2002, so such a timestamp would pass.
 _TIMESTAMP = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))"
+    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))",
+    re.ASCII,
 )
 _REPORT = re.compile(r"-?\d{1,3}")
 
@@ -54,9 +57,9 @@ def parse_timestamp(text: str) -> str:
     year, month, day, hour, minute, second, fraction, _zulu, sign, off_h, off_m = match.groups()
     micro = int((fraction or "0")[:6].ljust(6, "0"))
     try:
-        offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
-        if offset >= timedelta(hours=24):
+        if int(off_h or 0) > 23 or int(off_m or 0) > 59:
             raise ValueError("offset out of range")
+        offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
         zone = timezone(-offset if sign == "-" else offset)
         instant = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second), micro, zone
@@ -68,7 +71,9 @@ def parse_timestamp(text: str) -> str:
 
 def format_utc(instant: datetime) -> str:
     """The one textual form of an instant used in storage and the journal."""
-    text = instant.strftime("%Y-%m-%dT%H:%M:%S")
+    # Not strftime: glibc's %Y writes the year 999 as "999", not "0999".
+    text = (f"{instant.year:04d}-{instant.month:02d}-{instant.day:02d}"
+            f"T{instant.hour:02d}:{instant.minute:02d}:{instant.second:02d}")
     if instant.microsecond:
         text += f".{instant.microsecond:06d}"
     return text + "Z"

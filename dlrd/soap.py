@@ -23,14 +23,31 @@ SOAP_ENCODING_NS = "http://schemas.xmlsoap.org/soap/encoding/"
 _VERSION_BY_NS: dict[str, SoapVersion] = {SOAP11_NS: "1.1", SOAP12_NS: "1.2"}
 OPERATION = "SubmitDeliveryReceipt"
 KNOWN_FIELDS = ("Username", "PIN", "SentTo", "Timestamp1", "MessageIdentifier", "Report")
-ACCEPTED_ENCODINGS = {"utf-8", "utf8", "iso-8859-1", "latin-1", "latin1", "iso8859-1", "us-ascii", "ascii"}
+# Each accepted spelling and the name libxml2 is given: it does not know
+# Python's "latin-1", which a Content-Type charset may well say.
+_CANONICAL_ENCODINGS = {
+    "utf-8": "utf-8", "utf8": "utf-8",
+    "iso-8859-1": "iso-8859-1", "latin-1": "iso-8859-1", "latin1": "iso-8859-1", "iso8859-1": "iso-8859-1",
+    "us-ascii": "us-ascii", "ascii": "us-ascii",
+}
+ACCEPTED_ENCODINGS = frozenset(_CANONICAL_ENCODINGS)
+_UTF8_BOM = b"\xef\xbb\xbf"
 REDACTED_PIN = b"[redacted]"
 
 # The XML declaration's encoding, read before parsing so that only the
 # encodings the SPEC promises reach libxml2 (a UTF-16 body would otherwise
 # slip past the byte-level DOCTYPE check below).
 _DECLARED_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
-_PIN_ELEMENT = re.compile(rb"(<(?:[\w.-]+:)?PIN\b[^>]*(?<!/)>)(.*?)(</(?:[\w.-]+:)?PIN\s*>)", re.DOTALL)
+# A prefix is any XML name, non-ASCII letters included: matching only ASCII
+# word characters let <ñs:PIN> through unredacted.
+_PIN_ELEMENT = re.compile(
+    rb"(<(?:[^\s<>/:!?=\"']+:)?PIN(?=[\s>/])[^>]*(?<!/)>)(.*?)(</(?:[^\s<>/:!?=\"']+:)?PIN\s*>)", re.DOTALL
+)
+# libxml2 appends "use XML_PARSE_HUGE option" to its limit errors: a switch
+# of the library, of no use to the sender and none of its business.
+_LIBRARY_ADVICE = re.compile(r",?\s*(?:use|try)\s+XML_PARSE_\w+(?:\s+option)?", re.IGNORECASE)
+# XML 1.0 §2.2: characters no document may hold, even as a character reference.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 class EnvelopeRejected(ValueError):
@@ -89,13 +106,15 @@ def parse_envelope(body: bytes, charset: str | None = None, version_hint: SoapVe
         raise EnvelopeRejected("DTDs and entity declarations are not allowed", version_hint)
     declared = _DECLARED_ENCODING.match(body)
     encoding = declared.group(1).decode("ascii").lower() if declared else None
+    if encoding is None and body.startswith(_UTF8_BOM):
+        encoding = "utf-8"
     if encoding is None and charset:
         encoding = charset.lower()
     if body.startswith((b"\xff\xfe", b"\xfe\xff")) or (encoding and encoding not in ACCEPTED_ENCODINGS):
         raise EnvelopeRejected("the body must be UTF-8 or ISO-8859-1", version_hint)
-    # An encoding named in the declaration is honoured by libxml2 itself;
-    # only a charset from the HTTP header has to be imposed on the parser.
-    imposed = None if declared else encoding
+    # The encoding is imposed on the parser under the name libxml2 knows,
+    # whether it came from the declaration or from the HTTP header.
+    imposed = _CANONICAL_ENCODINGS[encoding] if encoding else None
     try:
         root = etree.fromstring(body, _parser(imposed))
     except etree.XMLSyntaxError as error:
@@ -136,9 +155,10 @@ def parse_envelope(body: bytes, charset: str | None = None, version_hint: SoapVe
 
 
 def _short_syntax_error(error: etree.XMLSyntaxError) -> str:
-    """libxml2's message without file names, trimmed for a faultstring."""
+    """libxml2's message without file names or library advice, on one line, trimmed for a faultstring."""
     message = str(error.msg or "syntax error").split(", file ")[0]
-    return message[:120]
+    message = _LIBRARY_ADVICE.sub("", message)
+    return " ".join(message.split()).replace(" ,", ",")[:120]
 
 
 def version_from_content_type(media_type: str) -> SoapVersion:
@@ -156,6 +176,16 @@ def _envelope_open(version: SoapVersion, extra_ns: str) -> str:
         f'xmlns:xsd="http://www.w3.org/1999/XMLSchema"{extra_ns}>\n'
         f'<SOAP-ENV:Body SOAP-ENV:encodingStyle="{SOAP_ENCODING_NS}">\n'
     )
+
+
+def xml_text(text: str) -> str:
+    """Text safe inside an element of an XML 1.0 response, read back exactly as given.
+
+    A carriage return is sent as a reference, since a parser turns a literal
+    one into a line feed; characters XML cannot carry at all become U+FFFD,
+    so the answer stays well-formed whatever it echoes.
+    """
+    return _NOT_XML_CHAR.sub("\ufffd", escape(text, {"\r": "&#13;"}))
 
 
 def build_response(envelope: Envelope, message_id: str, report: int, text: str) -> bytes:
@@ -178,9 +208,9 @@ def build_response(envelope: Envelope, message_id: str, report: int, text: str) 
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         + _envelope_open(version, extra_ns)
         + f"<{element}>\n"
-        f'<MessageIdentifier xsi:type="xsd:string">{escape(message_id)}</MessageIdentifier>\n'
+        f'<MessageIdentifier xsi:type="xsd:string">{xml_text(message_id)}</MessageIdentifier>\n'
         f'<Report xsi:type="xsd:int">{report}</Report>\n'
-        f'<Text xsi:type="xsd:string">{escape(text[:255])}</Text>\n'
+        f'<Text xsi:type="xsd:string">{xml_text(text[:255])}</Text>\n'
         f"</{element}>\n"
         "</SOAP-ENV:Body>\n"
         "</SOAP-ENV:Envelope>\n"
@@ -194,7 +224,7 @@ def build_fault(version: SoapVersion, sender_at_fault: bool, reason: str) -> byt
         fault = (
             "<SOAP-ENV:Fault>\n"
             f"<SOAP-ENV:Code><SOAP-ENV:Value>{code}</SOAP-ENV:Value></SOAP-ENV:Code>\n"
-            f'<SOAP-ENV:Reason><SOAP-ENV:Text xml:lang="en">{escape(reason)}</SOAP-ENV:Text></SOAP-ENV:Reason>\n'
+            f'<SOAP-ENV:Reason><SOAP-ENV:Text xml:lang="en">{xml_text(reason)}</SOAP-ENV:Text></SOAP-ENV:Reason>\n'
             "</SOAP-ENV:Fault>\n"
         )
         head = f'<SOAP-ENV:Envelope xmlns:SOAP-ENV="{SOAP12_NS}">\n<SOAP-ENV:Body>\n'
@@ -203,7 +233,7 @@ def build_fault(version: SoapVersion, sender_at_fault: bool, reason: str) -> byt
         fault = (
             "<SOAP-ENV:Fault>\n"
             f"<faultcode>{code}</faultcode>\n"
-            f"<faultstring>{escape(reason)}</faultstring>\n"
+            f"<faultstring>{xml_text(reason)}</faultstring>\n"
             "</SOAP-ENV:Fault>\n"
         )
         head = f'<SOAP-ENV:Envelope xmlns:SOAP-ENV="{SOAP11_NS}">\n<SOAP-ENV:Body>\n'
@@ -248,6 +278,8 @@ def parse_response(body: bytes) -> ParsedResponse:
         root = etree.fromstring(body, _parser(None))
     except etree.XMLSyntaxError as error:
         raise EnvelopeRejected(f"the response is not XML ({_short_syntax_error(error)})") from None
+    except (ValueError, LookupError):
+        raise EnvelopeRejected("the response is not XML") from None
     texts: dict[str, str] = {}
     for element in root.iter():
         name = _local(element.tag)

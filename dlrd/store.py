@@ -10,6 +10,7 @@ batching timer: a lone receipt is committed as soon as it arrives.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 
 from dlrd.codes import ReportCode
 from dlrd.errors import StartupError, StorageUnavailable
-from dlrd.journal import JOURNAL_FIELDS, JournalWriter, journal_line
+from dlrd.journal import JOURNAL_FIELDS, JournalWriter, Rotation, journal_line
 from dlrd.receipt import Receipt
 
 log = logging.getLogger("dlrd.store")
@@ -57,12 +58,16 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         -- A final state is never replaced by a later non-final one; among
         -- equals the newer Timestamp1 wins (receipts arrive out of order).
+        -- Timestamps are compared as text to the microsecond (julianday()
+        -- keeps only milliseconds): seconds, then the fraction or 000000.
         CREATE VIEW latest_state AS
         SELECT id, message_id, sent_to, report, label, state, final, timestamp, received_at
         FROM (
             SELECT *, row_number() OVER (
                 PARTITION BY message_id, sent_to
-                ORDER BY final DESC, julianday(timestamp) DESC, id DESC
+                ORDER BY final DESC, substr(timestamp, 1, 19) DESC,
+                         CASE WHEN length(timestamp) = 27 THEN substr(timestamp, 21, 6) ELSE '000000' END DESC,
+                         id DESC
             ) AS rank
             FROM receipts
         )
@@ -81,6 +86,16 @@ _INSERT_RECEIPT = """
                                     label, state, final, remote_addr, tls_client)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+
+_PROBE_RECEIPT = ("", "dlrd-health-probe", "", 0, "", "", "", "", 0, "", None)
+
+
+def _probe_write(connection: sqlite3.Connection) -> bool:
+    cursor = connection.execute(_INSERT_RECEIPT, _PROBE_RECEIPT)
+    if cursor.rowcount == 1:
+        connection.execute("DELETE FROM receipts WHERE id = ?", (cursor.lastrowid,))
+    return True
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,29 @@ def _statements(script: str) -> list[str]:
 
 
 Job = Callable[[sqlite3.Connection], Any]
+# (work, future, transactional): a transactional job runs inside the batch's
+# transaction; any other work (reopening the journal) runs between batches.
+_Work = tuple[Callable[..., Any], "Future[Any]", bool]
+
+# SQLite result codes that mean "the storage cannot take writes now", as
+# opposed to a fault of one job; https://www.sqlite.org/rescode.html
+_LOCKED_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_STORAGE_CODES = _LOCKED_CODES | {
+    sqlite3.SQLITE_PERM, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL,
+    sqlite3.SQLITE_NOTADB,
+}
+JOURNAL_CHUNK = 1000
+_LOW_DISK_BYTES = 1024 * 1024
+_READ_ONLY = "its file system is read-only"
+
+
+@dataclass(frozen=True)
+class StorageCondition:
+    """Why the database cannot commit now: a kind, logged once while it lasts, and the operator's text."""
+
+    kind: str  # "locked", "read-only" or "write"
+    text: str
 
 
 class ReceiptStore:
@@ -152,12 +190,17 @@ class ReceiptStore:
         self.synchronous = synchronous
         self.lock_timeout = lock_timeout
         self.healthy = True
-        self._queue: queue.SimpleQueue[tuple[Job, Future[Any]] | None] = queue.SimpleQueue()
+        self.journal_writable = True
+        # Plain ints, written only by the writer thread and read by /metrics:
+        # commits / committed_jobs is the mean group-commit batch size.
+        self.commits = 0
+        self.committed_jobs = 0
+        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._connection: sqlite3.Connection | None = None
         self._journaled_id = 0
-        self._journal_behind = False
-        self._failure: str | None = None
+        self._condition: StorageCondition | None = None
 
     def open(self) -> None:
         """Create or migrate the database, catch the journal up, start the writer."""
@@ -165,33 +208,56 @@ class ReceiptStore:
             self.database.parent.mkdir(parents=True, exist_ok=True)
             self._connection = connect(self.database, self.lock_timeout, self.synchronous)
             migrate(self._connection)
+            position = self._connection.execute("SELECT last_id FROM journal_position").fetchone()[0]
             self.journal.open()
-            self._journaled_id = self._connection.execute("SELECT last_id FROM journal_position").fetchone()[0]
-            self._journal_behind = True
-            self._catch_up_journal()
+            # The file's own last line is the truth (a power cut may have cut lines the position counts);
+            # the position only stands in when no journal line is left, so moving the files away does not
+            # journal the whole database again.
+            self._journaled_id = self.journal.last_id() or position
+            newest = self._connection.execute("SELECT coalesce(max(id), 0) FROM receipts").fetchone()[0]
+            if self._journaled_id > newest:
+                log.warning("the journal names receipt id %d but the database ends at %d (restored from a "
+                            "backup?); journaling new receipts from id %d on", self._journaled_id, newest, newest + 1)
+                self._journaled_id = newest
         except (sqlite3.Error, OSError) as error:
-            raise StartupError(f"cannot open the database {self.database}: {error}") from None
+            self._disconnect()
+            self.journal.close()
+            disk = self._disk_state()
+            raise StartupError(f"cannot open the database {self.database} or the journal in "
+                               f"{self.journal.directory}: {error}{f' ({disk})' if disk else ''}") from None
+        self._journal_committed(at_start=True)
         self._thread = threading.Thread(target=self._run, name="dlrd-writer", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         """Finish every queued job, then close; called once the server stopped accepting."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._queue.put(None)
+        if thread is not None:
+            thread.join()
+        while True:  # work queued behind the stop marker is refused, not left waiting
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and item[1].set_running_or_notify_cancel():
+                item[1].set_exception(StorageUnavailable("dlrd is shutting down"))
+        self._disconnect()
         self.journal.close()
 
     def submit(self, job: Job) -> Future[Any]:
         """Queue a job for the writer; the future resolves after its transaction committed."""
+        return self._enqueue(job, transactional=True)
+
+    def _enqueue(self, work: Callable[..., Any], transactional: bool) -> Future[Any]:
         future: Future[Any] = Future()
-        if self._thread is None:
-            future.set_exception(StorageUnavailable("dlrd is shutting down"))
-        else:
-            self._queue.put((job, future))
+        with self._lock:
+            if self._thread is None:
+                future.set_exception(StorageUnavailable("dlrd is shutting down"))
+            else:
+                self._queue.put((work, future, transactional))
         return future
 
     def store_receipt(self, receipt: Receipt, code: ReportCode, received_at: str, remote_addr: str,
@@ -224,114 +290,202 @@ class ReceiptStore:
 
         return self.submit(insert)
 
-    def reopen_journal(self) -> Future[bool]:
-        """Close and reopen receipts.jsonl (after an external logrotate moved it)."""
+    def reopen_journal(self, fsync: bool | None = None, rotation: Rotation | None = None) -> Future[None]:
+        """Close and reopen receipts.jsonl between two batches (after an external logrotate moved it),
+        taking new fsync and rotation settings when given (SIGHUP re-read the config)."""
+        return self._enqueue(lambda: self.journal.reopen(fsync, rotation), transactional=False)
 
-        def reopen(connection: sqlite3.Connection) -> bool:
-            self.journal.close()
-            self.journal.open()
-            return True
-
-        return self.submit(reopen)
+    def writer_alive(self) -> bool:
+        """False once the writer thread died: the watchdog then stops feeding systemd."""
+        return self._thread is not None and self._thread.is_alive()
 
     def probe(self) -> Future[bool]:
-        """A write transaction that stores nothing: proves the database takes writes now."""
-        return self.submit(lambda connection: True)
+        """A write transaction that stores nothing: proves the database takes a receipt now.
+
+        It writes and deletes a receipt row that no real one can match (ids
+        are 15 characters at most), so it dirties the pages a receipt
+        dirties: a disk with room for a smaller transaction is not "healthy".
+        """
+        return self.submit(_probe_write)
+
+    # the writer thread
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < MAX_BATCH:
+            try:
+                item = self._queue.get(timeout=self.journal.seconds_until_rollover())
+            except queue.Empty:
+                self.journal.rotate_if_due()  # a time rotation falls due while no receipt comes in
+                continue
+            batch: list[_Work] = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= MAX_BATCH:
+                    break
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
-                    self._commit(batch)
-                    return
-                batch.append(item)
-            self._commit(batch)
+            try:
+                self._process(batch)
+            except Exception:  # the writer must outlive any bug, or every later request would hang
+                log.exception("the writer thread failed on a batch")
+                for _work, future, _transactional in batch:
+                    if not future.done():
+                        future.set_exception(StorageUnavailable("internal error in the writer"))
+            if item is None:
+                return
+
+    def _process(self, batch: list[_Work]) -> None:
+        jobs = [(work, future) for work, future, transactional in batch
+                if transactional and future.set_running_or_notify_cancel()]  # a probe past its deadline is skipped
+        if jobs:
+            self._commit(jobs)
+        for work, future, transactional in batch:
+            if not transactional and future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(work())
+                except Exception as error:
+                    future.set_exception(error)
 
     def _commit(self, batch: list[tuple[Job, Future[Any]]]) -> None:
-        # A waiter that gave up (a health probe past its deadline) is skipped.
-        batch = [(job, future) for job, future in batch if future.set_running_or_notify_cancel()]
-        connection = self._connection
-        assert connection is not None
-        results = []
+        """One transaction for the whole batch, then the journal, then the waiters: 200 follows commit."""
         try:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                for job, _future in batch:
-                    results.append(job(connection))
-                connection.execute("UPDATE journal_position SET last_id = ?", (self._journaled_id,))
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
+            results = self._transaction([job for job, _future in batch])
         except sqlite3.Error as error:
-            self._fail(str(error))
-            failure = StorageUnavailable(str(error))
+            condition = self._condition_of(error)
+            if condition is None:
+                self._isolate(batch, error)
+                return
+            self._fail(condition)
+            failure = StorageUnavailable(condition.text)
             for _job, future in batch:
                 future.set_exception(failure)
             return
+        except Exception as error:
+            self._isolate(batch, error)
+            return
+        self.commits += 1
+        self.committed_jobs += len(batch)
         self._recover()
-        new_ids = [result.id for result in results if isinstance(result, StoredReceipt) and not result.duplicate]
-        if new_ids or self._journal_behind:
-            self._append_journal(new_ids)
+        if not self.journal_writable or any(
+                isinstance(result, StoredReceipt) and not result.duplicate for result in results):
+            self._journal_committed()
         for (_job, future), result in zip(batch, results):
             future.set_result(result)
 
-    def _append_journal(self, new_ids: list[int]) -> None:
-        """Journal the batch; if the file cannot be written, catch up from the database later."""
+    def _isolate(self, batch: list[tuple[Job, Future[Any]]], error: Exception) -> None:
+        """A job failed on its own account: retry the others alone, so one bad receipt fails only itself."""
+        if len(batch) == 1:
+            batch[0][1].set_exception(error)
+            return
+        for item in batch:
+            self._commit([item])
+
+    def _transaction(self, jobs: list[Job]) -> list[Any]:
+        if self._connection is None:
+            self._connection = connect(self.database, self.lock_timeout, self.synchronous)
+        connection = self._connection
+        connection.execute("BEGIN IMMEDIATE")
         try:
-            if self._journal_behind:
-                self._catch_up_journal()
-            else:
-                self.journal.append(journal_line(row) for row in self._rows(new_ids[0], new_ids[-1]))
-                self._journaled_id = new_ids[-1]
-        except OSError as error:
-            if not self._journal_behind:
+            results = [job(connection) for job in jobs]
+            connection.execute("UPDATE journal_position SET last_id = ?", (self._journaled_id,))
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                try:
+                    connection.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._disconnect()
+            raise
+        return results
+
+    def _journal_committed(self, at_start: bool = False) -> None:
+        """Journal every committed receipt not journaled yet; on failure, hold them until it works."""
+        try:
+            count = self._catch_up_journal()
+        except (OSError, sqlite3.Error) as error:
+            if self.journal_writable:
                 log.error("cannot write the journal %s: %s; receipts are safe in the database and will be "
                           "appended once it is writable", self.journal.path, error)
-            self._journal_behind = True
+            self.journal_writable = False
+            return
+        if not self.journal_writable:
+            log.warning("the journal %s is writable again; appended the %d receipt(s) held back",
+                        self.journal.path, count)
+        elif at_start and count:
+            log.info("journal caught up with %d receipt(s) committed but not yet journaled", count)
+        self.journal_writable = True
 
-    def _catch_up_journal(self) -> None:
-        """Append every committed receipt the journal does not hold yet (after a crash or a write error)."""
-        assert self._connection is not None
-        start = max(self._journaled_id, self.journal.last_id())
-        rows = self._rows(start + 1, None)
-        if rows:
-            self.journal.append(journal_line(row) for row in rows)
-            log.info("journal caught up with %d receipt(s) committed but not yet journaled", len(rows))
-            self._journaled_id = rows[-1]["id"]
-        else:
-            self._journaled_id = max(self._journaled_id, start)
-        self._journal_behind = False
+    def _catch_up_journal(self) -> int:
+        """Append the receipts with an id past the last journaled one, in chunks; returns how many."""
+        count = 0
+        while True:
+            rows = self._rows_after(self._journaled_id, JOURNAL_CHUNK)
+            if rows:
+                self.journal.append(journal_line(row) for row in rows)
+                self._journaled_id = rows[-1]["id"]
+                count += len(rows)
+            if len(rows) < JOURNAL_CHUNK:
+                return count
 
-    def _rows(self, first_id: int, last_id: int | None) -> list[dict[str, Any]]:
-        assert self._connection is not None
+    def _rows_after(self, after_id: int, limit: int) -> list[dict[str, Any]]:
+        if self._connection is None:
+            self._connection = connect(self.database, self.lock_timeout, self.synchronous)
         columns = ", ".join(JOURNAL_FIELDS) + ", tls_client"
-        query = f"SELECT {columns} FROM receipts WHERE id >= ?"
-        params: tuple[int, ...] = (first_id,)
-        if last_id is not None:
-            query += " AND id <= ?"
-            params = (first_id, last_id)
-        cursor = self._connection.execute(query + " ORDER BY id", params)
+        cursor = self._connection.execute(
+            f"SELECT {columns} FROM receipts WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row)) for row in cursor]
 
-    def _fail(self, reason: str) -> None:
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except sqlite3.Error:
+                pass
+            self._connection = None
+
+    # failure and recovery, logged once per condition
+
+    def _condition_of(self, error: sqlite3.Error) -> StorageCondition | None:
+        """The storage condition behind an error, or None when the error is a fault of one job."""
+        code = getattr(error, "sqlite_errorcode", None)
+        primary = code & 0xFF if code is not None else None
+        if primary not in _STORAGE_CODES:
+            return None
+        detail = f"{error} ({error.sqlite_errorname})"
+        if primary in _LOCKED_CODES:
+            return StorageCondition("locked", f"the database {self.database} stayed locked by another program "
+                                              f"for longer than lock_timeout ({self.lock_timeout:g} s): {detail}; "
+                                              f"`fuser {self.database}` shows which")
+        disk = self._disk_state()
+        if primary == sqlite3.SQLITE_READONLY or disk == _READ_ONLY:
+            return StorageCondition("read-only", f"the database {self.database} is read-only "
+                                                 f"({disk or 'file permissions'}): {detail}")
+        return StorageCondition("write", f"cannot write the database {self.database}: {detail}; "
+                                         f"{disk or 'check free space, file-size limits and the disk'}")
+
+    def _disk_state(self) -> str:
+        """What the file system holding the database says of itself, for the operator's message."""
+        try:
+            stats = os.statvfs(self.database.parent)
+        except OSError:
+            return ""
+        if stats.f_flag & os.ST_RDONLY:
+            return _READ_ONLY
+        if stats.f_bavail * stats.f_frsize < _LOW_DISK_BYTES:
+            return "the disk is full"
+        return ""
+
+    def _fail(self, condition: StorageCondition) -> None:
         self.healthy = False
-        if reason != self._failure:
-            log.error("storage cannot commit receipts: %s; answering 503 until it can", reason)
-            self._failure = reason
+        if self._condition is None or condition.kind != self._condition.kind:
+            log.error("storage cannot commit receipts: %s; answering 503 until it can", condition.text)
+            self._condition = condition
 
     def _recover(self) -> None:
         self.healthy = True
-        if self._failure is not None:
-            log.warning("storage commits again after: %s", self._failure)
-            self._failure = None
+        if self._condition is not None:
+            log.warning("storage commits again after: %s", self._condition.text)
+            self._condition = None

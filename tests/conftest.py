@@ -6,6 +6,7 @@ stopped with SIGTERM the way systemd stops it, and must exit 0.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -15,8 +16,8 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from wire import wait_for
@@ -48,12 +49,13 @@ class Daemon:
         return merge_ini(base, textwrap.dedent(extra))
 
     def start(self, extra: str = "", env: dict[str, str] | None = None, wait: bool = True,
-              preexec_fn=None) -> Daemon:
+              preexec_fn=None, wrap: list[str] | None = None) -> Daemon:
+        """Start `dlrd serve`; `wrap` is a command that execs the daemon (so its pid is dlrd's)."""
         self.ini.write_text(self.config(extra))
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 (closed once the child holds it)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dlrd", "--config", str(self.ini), "serve"],
+            [*(wrap or []), sys.executable, "-m", "dlrd", "--config", str(self.ini), "serve"],
             cwd=self.directory, stdout=log, stderr=log, env={**os.environ, **(env or {})},
             preexec_fn=preexec_fn,
         )
@@ -122,6 +124,30 @@ class Daemon:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def journal_files(self) -> list[Path]:
+        """Rotated journal files oldest first, then receipts.jsonl; read independently of dlrd's code.
+
+        Rotated names carry a fixed-width UTC time, so sorting names sorts by
+        time; a file found both plain and gzipped (caught mid-compression)
+        counts once.
+        """
+        rotated: dict[str, Path] = {}
+        for path in self.data.glob("receipts-*.jsonl*"):
+            if path.name.endswith(".jsonl"):
+                rotated[path.name] = path
+            elif path.name.endswith(".jsonl.gz"):
+                rotated.setdefault(path.name[:-3], path)
+        current = self.data / "receipts.jsonl"
+        return [rotated[name] for name in sorted(rotated)] + ([current] if current.exists() else [])
+
+    def journal_all(self) -> list[dict]:
+        """Every line of every journal file, in the order they were written."""
+        records = []
+        for path in self.journal_files():
+            data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+            records += [json.loads(line) for line in data.splitlines() if line.strip()]
+        return records
+
 
 def merge_ini(base: str, extra: str) -> str:
     """Lay `extra`'s keys over `base`'s, section by section."""
@@ -159,3 +185,18 @@ def daemon_factory(tmp_path: Path) -> Iterator[callable]:
 @pytest.fixture
 def daemon(daemon_factory) -> Daemon:
     return daemon_factory()
+
+
+@pytest.fixture(scope="module")
+def module_daemon(tmp_path_factory) -> Iterator[Daemon]:
+    """One daemon shared by a whole module, for tests that each bring their own MessageIdentifiers.
+
+    Starting a daemon per case would dominate the run time of the
+    parametrized wire fixtures and of the hypothesis test against a live daemon.
+    """
+    daemon = Daemon(tmp_path_factory.mktemp("module-daemon"))
+    daemon.start()
+    yield daemon
+    if daemon.process is not None:
+        code = daemon.stop()
+        assert code == 0, f"dlrd exited {code} on SIGTERM:\n{daemon.log()}"

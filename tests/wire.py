@@ -6,12 +6,13 @@ hide itself in the tests.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 SEED_PATH = Path(__file__).resolve().parents[2] / "shared" / "seed" / "soap_delivery_receipts.txt"
 
@@ -136,3 +137,45 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def receipt_body(message_id: str, report: int = 0) -> bytes:
+    """The seed envelope with another MessageIdentifier (and Report): one new receipt per id."""
+    page = (Path(__file__).resolve().parent / "envelopes" / "seed.xml").read_bytes()
+    return (page.replace(b">3C7D98A4<", b">" + message_id.encode("ascii") + b"<")
+            .replace(b'"xsd:int">0<', b'"xsd:int">%d<' % report))
+
+
+def soap_report(answer: Answer) -> int | None:
+    """The Report of a SubmitDeliveryReceiptResponse, None when the answer holds none."""
+    match = re.search(rb"<(?:\w+:)?Report[^>]*>\s*(-?\d+)\s*<", answer.body)
+    return int(match.group(1)) if match else None
+
+
+class KeepAliveClient:
+    """POSTs receipts one after another on one HTTP/1.1 connection, reconnecting when it breaks."""
+
+    def __init__(self, address: tuple[str, int], timeout: float = 10.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+
+    def post(self, body: bytes, path: str = "/") -> Answer:
+        if self.sock is None:
+            self.sock = connect(self.address, self.timeout)
+        head = (f"POST {path} HTTP/1.1\r\nHost: receiver\r\nContent-Type: text/soap\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+        try:
+            self.sock.sendall(head + body)
+            answer = read_one(self.sock)
+        except OSError:
+            self.close()
+            raise
+        if (answer.header("connection") or "").lower() == "close":
+            self.close()
+        return answer
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None

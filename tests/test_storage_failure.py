@@ -1,0 +1,259 @@
+"""When storage cannot make a receipt durable, dlrd says so and heals by itself.
+
+SPEC section 1: "storage cannot make the receipt durable (disk full,
+database locked too long)" is a 503 with Retry-After and a SOAP Server
+fault, so the provider retries. The conditions are made real, without
+root: another process holding the database's write lock, and a file-size
+limit (RLIMIT_FSIZE) on the daemon standing in for a full disk. Each
+condition is logged once, not once per request, and /healthz follows it.
+Where a private mount namespace is allowed (root, or unprivileged user
+namespaces), a real full tmpfs and a real read-only mount are used too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+from wire import Answer, post, receipt_body, soap_report, wait_for
+
+FAILING = "storage cannot commit receipts"
+RECOVERED = "storage commits again"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:15].upper()
+
+
+def health(daemon) -> int:
+    try:
+        with urllib.request.urlopen(daemon.urls[0] + "/healthz", timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def metric(daemon, name: str) -> float:
+    with urllib.request.urlopen(daemon.urls[0] + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE).group(1))
+
+
+def assert_unavailable(answer: Answer) -> None:
+    """503, Retry-After, and a SOAP 1.1 fault whose faultcode is Server."""
+    assert answer.status == 503, answer
+    assert answer.header("retry-after") and answer.header("retry-after").isdigit()
+    assert re.search(rb"<faultcode>[\w-]+:Server</faultcode>", answer.body), answer.body
+
+
+def test_database_locked_past_lock_timeout_answers_503_once_logged_and_recovers(daemon_factory):
+    daemon = daemon_factory("[storage]\nlock_timeout = 0.3\n")
+    stored_before = new_id()
+    assert soap_report(post(daemon.address, receipt_body(stored_before))) == 0
+
+    holder = sqlite3.connect(daemon.data / "dlrd.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    refused = [new_id() for _ in range(4)]
+    try:
+        for message_id in refused:
+            assert_unavailable(post(daemon.address, receipt_body(message_id)))
+        assert health(daemon) == 503
+        assert metric(daemon, "dlrd_storage_healthy") == 0
+        log = daemon.log(since_start=True)
+        assert log.count(FAILING) == 1, log
+        assert "locked" in log.split(FAILING, 1)[1].splitlines()[0]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    # The lock is gone: the very next receipt is stored, with no restart.
+    retried = refused[0]
+    assert soap_report(post(daemon.address, receipt_body(retried))) == 0
+    assert health(daemon) == 200
+    log = daemon.log(since_start=True)
+    assert log.count(RECOVERED) == 1 and log.count(FAILING) == 1, log
+    stored = {row["message_id"] for row in daemon.rows("SELECT message_id FROM receipts")}
+    assert stored == {stored_before, retried}
+    assert [line["message_id"] for line in daemon.journal()] == [stored_before, retried]
+
+
+def _limit_file_size(limit: int):
+    # Soft limit only: the hard limit stays unlimited, so this test (the same
+    # user, no privilege) may lift it later with prlimit(2).
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return apply
+
+
+def _lift_file_size_limit(pid: int) -> None:
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def test_disk_full_answers_503_once_logged_and_recovers_when_space_returns(daemon_factory):
+    # A fresh database, its write-ahead log and the journal each stay far
+    # below 256 KiB at start; sustained posting grows the write-ahead log
+    # (a few pages a commit) into the limit, where write(2) fails with EFBIG
+    # as it would with ENOSPC on a full disk.
+    daemon = daemon_factory(preexec_fn=_limit_file_size(256 * 1024))
+    acknowledged = []
+    first_refusal = None
+    for _ in range(400):
+        message_id = new_id()
+        answer = post(daemon.address, receipt_body(message_id))
+        if answer.status != 200:
+            first_refusal = answer
+            break
+        assert soap_report(answer) == 0
+        acknowledged.append(message_id)
+    assert first_refusal is not None, "the file-size limit was never reached"
+    assert acknowledged, "the limit was hit before the first receipt"
+    assert_unavailable(first_refusal)
+    for _ in range(3):
+        assert_unavailable(post(daemon.address, receipt_body(new_id())))
+    assert health(daemon) == 503
+    log = daemon.log(since_start=True)
+    assert log.count(FAILING) == 1, log
+    assert daemon.process.poll() is None, "SIGXFSZ killed the daemon"
+
+    _lift_file_size_limit(daemon.process.pid)
+    after = new_id()
+    assert soap_report(post(daemon.address, receipt_body(after))) == 0
+    acknowledged.append(after)
+    assert health(daemon) == 200
+    log = daemon.log(since_start=True)
+    assert log.count(RECOVERED) == 1 and log.count(FAILING) == 1, log
+
+    stored = [row["message_id"] for row in daemon.rows("SELECT message_id FROM receipts ORDER BY id")]
+    assert stored == acknowledged
+    assert [line["message_id"] for line in daemon.journal()] == acknowledged
+
+
+def test_journal_write_failure_after_commit_still_answers_200_and_catches_up(daemon_factory):
+    # Only the journal is near the limit: the receipts commit (they are
+    # durable, so 200), their lines wait, and follow once the file can grow.
+    limit = 256 * 1024
+    daemon = daemon_factory()
+    daemon.stop()
+    padding = b'{"padding":"' + b"x" * 200 + b'"}\n'
+    (daemon.data / "receipts.jsonl").write_bytes(padding * ((limit - 1500) // len(padding)))
+    daemon.start(preexec_fn=_limit_file_size(limit))
+
+    acknowledged = [new_id() for _ in range(12)]
+    for message_id in acknowledged:
+        answer = post(daemon.address, receipt_body(message_id))
+        assert answer.status == 200 and soap_report(answer) == 0, answer
+    assert health(daemon) == 200
+    assert metric(daemon, "dlrd_journal_writable") == 0
+    log = daemon.log(since_start=True)
+    assert log.count("cannot write the journal") == 1, log
+    assert FAILING not in log
+
+    _lift_file_size_limit(daemon.process.pid)
+    late = new_id()
+    assert soap_report(post(daemon.address, receipt_body(late))) == 0
+    acknowledged.append(late)
+    wait_for(lambda: "writable again" in daemon.log(since_start=True), 10, "the journal to catch up")
+    assert metric(daemon, "dlrd_journal_writable") == 1
+
+    # Every line is whole JSON (a write cut short by the limit was cut back
+    # off), and each receipt is there exactly once, in id order.
+    records = [record for record in daemon.journal() if "id" in record]
+    rows = daemon.rows("SELECT id, message_id FROM receipts ORDER BY id")
+    assert [(record["id"], record["message_id"]) for record in records] == [tuple(row) for row in rows]
+    assert [record["message_id"] for record in records] == acknowledged
+
+
+def _mount_namespace() -> tuple[list[str], list[str]] | None:
+    """How to run a command in a private mount namespace, and how to enter it; None if not allowed here."""
+    if not (shutil.which("unshare") and shutil.which("nsenter")):
+        return None
+    if os.geteuid() == 0:
+        unshare, enter = ["unshare", "--mount"], ["--mount"]
+    else:
+        unshare, enter = ["unshare", "--map-root-user", "--mount"], ["--user", "--mount", "--preserve-credentials"]
+    probe = subprocess.run([*unshare, "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', "/tmp"],
+                           capture_output=True, timeout=30)
+    return (unshare, enter) if probe.returncode == 0 else None
+
+
+NAMESPACE = _mount_namespace()
+needs_mounts = pytest.mark.skipif(NAMESPACE is None, reason="needs a private mount namespace (unshare, mount)")
+
+
+@needs_mounts
+def test_a_really_full_disk_answers_503_once_logged_and_recovers_when_space_is_added(daemon_factory, tmp_path):
+    unshare, enter = NAMESPACE
+    data = tmp_path / "d" / "data"
+    # The data directory is a 400 KiB tmpfs seen only by the daemon: a small disk that fills up (ENOSPC).
+    mount_small_disk = [*unshare, "sh", "-c", 'mkdir -p "$0" && mount -t tmpfs -o size=400k tmpfs "$0" && exec "$@"',
+                        str(data)]
+    daemon = daemon_factory(wrap=mount_small_disk)
+    acknowledged = []
+    for _ in range(600):
+        message_id = new_id()
+        answer = post(daemon.address, receipt_body(message_id))
+        if answer.status != 200:
+            break
+        acknowledged.append(message_id)
+    assert_unavailable(answer)
+    assert acknowledged, "the disk was full before the first receipt"
+    for _ in range(3):
+        assert_unavailable(post(daemon.address, receipt_body(new_id())))
+    assert health(daemon) == 503
+    log = daemon.log(since_start=True)
+    assert log.count(FAILING) == 1, log
+    assert "full" in log.split(FAILING, 1)[1].splitlines()[0]
+
+    # The operator makes room; no restart.
+    grow = subprocess.run(["nsenter", "--target", str(daemon.process.pid), *enter,
+                           # Options from the command line only: in a user namespace, the ones
+                           # mount(8) would add from mountinfo (uid=) are refused.
+                           "mount", "--options-source", "disable", "-o", "remount,size=8m", str(data)],
+                          capture_output=True, timeout=30)
+    assert grow.returncode == 0, grow.stderr
+    after = new_id()
+    assert soap_report(post(daemon.address, receipt_body(after))) == 0
+    acknowledged.append(after)
+    assert health(daemon) == 200
+    log = daemon.log(since_start=True)
+    assert log.count(RECOVERED) == 1 and log.count(FAILING) == 1, log
+
+    # The files live in the daemon's mount namespace: read them from in there.
+    read = subprocess.run(
+        ["nsenter", "--target", str(daemon.process.pid), *enter, sys.executable, "-c",
+         "import json, sqlite3, sys; from pathlib import Path; data = Path(sys.argv[1]); "
+         "rows = sqlite3.connect(data / 'dlrd.db').execute('SELECT message_id FROM receipts ORDER BY id'); "
+         "lines = (data / 'receipts.jsonl').read_text().splitlines(); "
+         "print(json.dumps([[row[0] for row in rows], [json.loads(line)['message_id'] for line in lines]]))",
+         str(data)], capture_output=True, text=True, timeout=30)
+    assert read.returncode == 0, read.stderr
+    stored, journaled = json.loads(read.stdout)
+    assert stored == acknowledged
+    assert journaled == acknowledged
+
+
+@needs_mounts
+def test_a_read_only_file_system_at_start_is_refused_with_the_reason(daemon):
+    unshare, _enter = NAMESPACE
+    assert soap_report(post(daemon.address, receipt_body(new_id()))) == 0
+    assert daemon.stop() == 0
+    # Remounting read-only under a running daemon is refused by the kernel (its files are open for
+    # writing), so the read-only case that can be made real is the one at start.
+    result = subprocess.run(
+        [*unshare, "sh", "-c", 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"',
+         str(daemon.data), sys.executable, "-m", "dlrd", "--config", str(daemon.ini), "serve"],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3, result.stderr
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and "read-only" in message, message
