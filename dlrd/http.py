@@ -17,9 +17,20 @@ MAX_REQUEST_LINE = 8 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADERS = 100
 MAX_CHUNK_LINE = 1024
+# The most a head may hold in all: request line, header section, the line
+# ends and a few empty lines before the request line.
+MAX_HEAD_BYTES = MAX_REQUEST_LINE + MAX_HEADER_BYTES + 64
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_REQUEST_LINE = re.compile(rb"([A-Z]{1,20}) (\S{1,8192}) HTTP/(\d)\.(\d)")
+# RFC 9112 §3: method SP request-target SP HTTP-version. The target is held
+# to visible ASCII, so no control byte reaches a log line or a route.
+_ABSOLUTE_FORM = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://[^/?#]+([/?][\x21-\x7e]*)?")
+_REQUEST_LINE = re.compile(rb"([A-Z]{1,20}) ([\x21-\x7e]{1,8192}) HTTP/(\d)\.(\d)")
+# What the start of a request line may look like before its end arrives:
+# a method, then a space. Anything else (a TLS ClientHello, a scanner's
+# binary probe) is refused at once instead of waiting for request_timeout.
+_EMPTY_LINES = re.compile(rb"[\r\n]*")
+_METHOD_SO_FAR = re.compile(rb"[A-Z]{0,20}(?: |$)")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 
 
@@ -82,31 +93,47 @@ class RequestHead:
         return self.headers.get("expect", "").lower() == "100-continue" and self.version >= (1, 1)
 
 
+def _leading_empty_lines(buffer: bytes | bytearray) -> int:
+    """How many bytes of CR and LF precede the request line.
+
+    RFC 9112 §2.2: a server SHOULD ignore at least one empty line received
+    before the request line (some clients send CRLF after a POST body).
+    """
+    return _EMPTY_LINES.match(buffer).end()  # type: ignore[union-attr]
+
+
 def find_head_end(buffer: bytes | bytearray) -> int:
     """Index just past the blank line ending the head, or -1; bare LF line ends are tolerated."""
-    crlf = buffer.find(b"\r\n\r\n")
-    lf = buffer.find(b"\n\n")
+    start = _leading_empty_lines(buffer)
+    crlf = buffer.find(b"\r\n\r\n", start)
+    lf = buffer.find(b"\n\n", start)
     ends = [index + width for index, width in ((crlf, 4), (lf, 2)) if index >= 0]
     return min(ends) if ends else -1
 
 
 def check_incomplete_head(buffer: bytes | bytearray) -> None:
     """Refuse early a head that can no longer be valid, before waiting for more bytes."""
-    line_end = buffer.find(b"\n")
-    if (line_end < 0 and len(buffer) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
-        raise HttpError(414, "request line too long")
-    if len(buffer) > MAX_HEADER_BYTES:
+    start = _leading_empty_lines(buffer)
+    line_end = buffer.find(b"\n", start)
+    if line_end < 0:
+        if len(buffer) - start > MAX_REQUEST_LINE:
+            raise HttpError(414, "request line too long")
+        if not _METHOD_SO_FAR.match(buffer, start):
+            raise HttpError(400, "malformed request line")
+    else:
+        # The request line is complete: judge it now. An HTTP/0.9 request
+        # ("GET /") has nothing after it, so waiting would only time out.
+        _parse_request_line(bytes(buffer[start:line_end]).rstrip(b"\r"))
+        if len(buffer) - line_end - 1 > MAX_HEADER_BYTES:
+            raise HttpError(431, "request headers too large")
+    if len(buffer) > MAX_HEAD_BYTES:
+        # Also bounds a flood of empty lines before the request line.
         raise HttpError(431, "request headers too large")
 
 
-def parse_head(block: bytes) -> RequestHead:
-    """Parse everything up to and including the blank line after the headers."""
-    lines = block.split(b"\n")
-    request_line = lines[0].rstrip(b"\r")
+def _parse_request_line(request_line: bytes) -> tuple[str, str, tuple[int, int]]:
     if len(request_line) > MAX_REQUEST_LINE:
         raise HttpError(414, "request line too long")
-    if len(block) > MAX_HEADER_BYTES + MAX_REQUEST_LINE:
-        raise HttpError(431, "request headers too large")
     match = _REQUEST_LINE.fullmatch(request_line)
     if match is None:
         # HTTP/0.9 ("GET /") and anything else that is not "METHOD target HTTP/x.y".
@@ -115,12 +142,23 @@ def parse_head(block: bytes) -> RequestHead:
     version = (int(major), int(minor))
     if version not in ((1, 0), (1, 1)):
         raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+    absolute = _ABSOLUTE_FORM.fullmatch(target)
+    if absolute is not None:
+        # RFC 9112 §3.2.2: a server must accept the absolute form; the
+        # authority is not ours to route on, only the path is.
+        target = absolute.group(1) or b"/"
     if not target.startswith(b"/"):
         raise HttpError(400, "the request target must be a path")
-    try:
-        target_text = target.decode("ascii")
-    except UnicodeDecodeError:
-        raise HttpError(400, "the request target must be ASCII") from None
+    return method.decode("ascii"), target.decode("ascii"), version
+
+
+def parse_head(block: bytes) -> RequestHead:
+    """Parse everything up to and including the blank line after the headers."""
+    block = block[_leading_empty_lines(block):]
+    lines = block.split(b"\n")
+    method, target, version = _parse_request_line(lines[0].rstrip(b"\r"))
+    if len(block) > MAX_HEAD_BYTES or len(block) - len(lines[0]) - 1 > MAX_HEADER_BYTES:
+        raise HttpError(431, "request headers too large")
 
     header_lines = [line.rstrip(b"\r") for line in lines[1:] if line.rstrip(b"\r")]
     headers: dict[str, str] = {}
@@ -145,7 +183,7 @@ def parse_head(block: bytes) -> RequestHead:
             text = f"{headers[key]}, {text}"
         headers[key] = text
 
-    head = RequestHead(method.decode("ascii"), target_text, version, headers)
+    head = RequestHead(method, target, version, headers)
     _check_framing(head)
     return head
 

@@ -40,6 +40,7 @@ access_log = logging.getLogger("dlrd.access")
 LISTEN_BACKLOG = 512
 SWEEP_INTERVAL = 0.5
 SHUTDOWN_GRACE = 10.0
+LINGER_SECONDS = 2.0
 
 IDLE, HEAD, BODY, BUSY, CLOSED = "idle", "head", "body", "busy", "closed"
 
@@ -61,6 +62,8 @@ class Connection(asyncio.Protocol):
         self.body_started = 0.0
         self.paused = False
         self.peer_closed = False
+        self.linger_until = 0.0
+        self.write_blocked = False
 
     # asyncio callbacks
 
@@ -100,13 +103,26 @@ class Connection(asyncio.Protocol):
         self.buffer += data
         if self.transport is None:
             return  # TLS: bytes that came with the handshake's end, read once connection_made runs
-        if self.state == BUSY:
+        if self.state == BUSY or self.write_blocked:
             # Pipelined bytes wait until the current answer is out; stop
             # reading once they exceed what one request may hold.
-            if len(self.buffer) > self.server.max_body + 2 * 16384 and not self.paused:
+            if len(self.buffer) > self._buffer_limit() and not self.paused:
                 self._pause()
             return
         self._advance()
+
+    def pause_writing(self) -> None:
+        # asyncio's write buffer passed its high-water mark: the client is not
+        # reading its answers. Read and answer nothing more until it does, or
+        # pipelined requests would pile their answers up in memory.
+        self.write_blocked = True
+        if not self.paused:
+            self._pause()
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        if self.state in (IDLE, HEAD, BODY):
+            self._next_request()
 
     # request reading
 
@@ -175,8 +191,10 @@ class Connection(asyncio.Protocol):
         if self.state == CLOSED:
             return
         self._log_access(request.head, response)
+        # A client that pipelined requests and then half-closed still gets
+        # every answer: EOF ends the connection only once nothing is left.
         keep_alive = (request.head.keep_alive and not response.close and not self.server.stopping
-                      and not self.peer_closed)
+                      and not (self.peer_closed and not self.buffer))
         self._send(response, keep_alive, head_only=request.head.method == "HEAD")
         if not keep_alive:
             return
@@ -184,10 +202,25 @@ class Connection(asyncio.Protocol):
         self.head = None
         self.decoder = None
         self.deadline = time.monotonic() + self.server.keepalive_timeout
-        if self.paused:
+        if not self.write_blocked:  # else resume_writing carries on once the client reads
+            self._next_request()
+
+    def _next_request(self) -> None:
+        """Read and answer what the client sent next, now that the last answer is out."""
+        self._advance()
+        if self.peer_closed and self.state in (IDLE, HEAD, BODY):
+            # What is left after EOF is half a request that can never complete.
+            self.state = CLOSED
+            self.transport.close()  # type: ignore[union-attr]
+        elif self.paused and self.state != CLOSED and len(self.buffer) <= self._buffer_limit():
+            # Read on only once the pipelined bytes already held are used up,
+            # else each answer would let another read's worth pile up.
             self.paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
-        self._advance()
+
+    def _buffer_limit(self) -> int:
+        """Bytes read ahead of the request being served: one request's worth at most."""
+        return self.server.max_body + 2 * 16384
 
     # answering
 
@@ -200,7 +233,16 @@ class Connection(asyncio.Protocol):
         transport.write(data)
         if not keep_alive:
             self.state = CLOSED
-            transport.close()
+            if transport.can_write_eof() and not self.peer_closed:
+                # RFC 9112 §9.6: close in two steps. Closing with request bytes
+                # still unread makes the kernel send a reset, which can destroy
+                # the answer (a 413, a 403) before the client reads it; so send
+                # FIN, drop whatever still arrives, and close on the client's
+                # EOF or after LINGER_SECONDS.
+                transport.write_eof()
+                self.linger_until = time.monotonic() + LINGER_SECONDS
+            else:
+                transport.close()
 
     def _pause(self) -> None:
         self.paused = True
@@ -215,6 +257,10 @@ class Connection(asyncio.Protocol):
 
     def expire(self, now: float) -> None:
         """Close the connection if its client let its deadline pass (called by the sweeper)."""
+        if self.state == CLOSED:
+            if self.linger_until and now >= self.linger_until and self.transport is not None:
+                self.transport.abort()
+            return
         if self.state == BODY:
             # A minimum transfer rate, not just an idle timer: a client
             # dribbling a byte now and then still runs out of time.
@@ -226,7 +272,11 @@ class Connection(asyncio.Protocol):
             return
         if self.state == IDLE:
             self.state = CLOSED
-            self.transport.close()  # type: ignore[union-attr]
+            if self.write_blocked:
+                # close() would wait for a client that reads nothing to take its answers.
+                self.transport.abort()  # type: ignore[union-attr]
+            else:
+                self.transport.close()  # type: ignore[union-attr]
             return
         self.server.metrics.count("dlrd_requests_refused_total", status="408", reason="timeout")
         log.info("timed out a slow client %s while it sent the request %s", self.remote_addr,

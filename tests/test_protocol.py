@@ -440,3 +440,27 @@ def test_answers_carry_no_traceback_and_the_daemon_logs_none(module_daemon):
         assert b"Traceback" not in answer.body
     assert "Traceback" not in module_daemon.log()
     assert module_daemon.healthy()
+
+
+def test_absolute_form_request_target_is_routed_by_its_path(module_daemon):
+    """RFC 9112 §3.2.2: servers must accept `POST http://host/path`; only the path routes."""
+    body = receipt_envelope(MessageIdentifier="ABSFORM01")
+    answer = exchange(module_daemon.address,
+                      post_request(body, path="http://receipts.example.com/cgi-bin/deliveryrecript.pl",
+                                   version="1.0"))
+
+    assert_report(answer, "ABSFORM01")
+    assert stored_count(module_daemon, "ABSFORM01") == 1
+
+
+def test_refused_upload_gets_its_answer_and_the_connection_ends_cleanly(daemon_factory):
+    """A 413 sent while the client is still sending is read whole, then the server closes (lingering close)."""
+    daemon = daemon_factory("[server]\nmax_body_bytes = 1k\n")
+    with connect(daemon.address) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: receiver\r\nContent-Type: text/soap\r\n"
+                     b"Content-Length: 200000\r\n\r\n" + b"x" * 100_000)
+        answer = read_one(sock)
+        assert answer.status == 413
+        # The rest of the upload is drained: the client sees a clean end, not a reset.
+        sock.sendall(b"y" * 100_000)
+        assert sock.recv(65536) == b""
