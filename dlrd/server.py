@@ -241,6 +241,9 @@ class Connection(asyncio.Protocol):
                 # EOF or after LINGER_SECONDS.
                 transport.write_eof()
                 self.linger_until = time.monotonic() + LINGER_SECONDS
+                if self.paused:
+                    self.paused = False
+                    transport.resume_reading()
             else:
                 transport.close()
 
