@@ -14,7 +14,7 @@ from dlrd.config import Config
 from dlrd.http import Request, RequestHead, Response, plain_response
 from dlrd.metrics import Metrics
 from dlrd.receiver import ReceiptEndpoint
-from dlrd.store import ReceiptStore
+from dlrd.store import ReceiptStore, probe_write
 
 log = logging.getLogger("dlrd.server")
 
@@ -74,7 +74,7 @@ class Application:
     async def _health(self) -> Response:
         """200 only when a write transaction commits now: the database is writable."""
         try:
-            await asyncio.wait_for(asyncio.wrap_future(self.store.probe()), HEALTH_PROBE_SECONDS)
+            await asyncio.wait_for(self.store.committed(probe_write), HEALTH_PROBE_SECONDS)
         except Exception:  # any failure of the probe means "not writable"; the store logs the cause
             return plain_response(503, "storage unavailable")
         return plain_response(200, "ok")

@@ -61,6 +61,7 @@ async def _serve(config: Config) -> int:
     store = ReceiptStore(config.database_path, journal, config["storage", "synchronous"],
                          config["storage", "lock_timeout"])
     store.open()
+    store.attach_loop(asyncio.get_running_loop())
     metrics.gauges["dlrd_storage_healthy"] = lambda: float(store.healthy)
     metrics.gauges["dlrd_journal_writable"] = lambda: float(store.journal_writable)
     metrics.gauges["dlrd_commits_total"] = lambda: store.commits

@@ -54,9 +54,13 @@ def parse_timestamp(text: str) -> str:
     match = _TIMESTAMP.fullmatch(text)
     if match is None:
         raise InvalidReceipt(f"Timestamp1 {text[:40]!r} is not like 2002-08-27T13:38:00Z")
-    year, month, day, hour, minute, second, fraction, _zulu, sign, off_h, off_m = match.groups()
-    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
     try:
+        if zulu == "Z" and fraction is None and "T" in text:
+            # The provider's own form is already normalised: check the date is real, keep the text.
+            datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
+            return text
+        micro = int((fraction or "0")[:6].ljust(6, "0"))
         if int(off_h or 0) > 23 or int(off_m or 0) > 59:
             raise ValueError("offset out of range")
         offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))

@@ -9,10 +9,8 @@ silently lost.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from datetime import UTC, datetime
 
 from dlrd.auth import Credentials
 from dlrd.codes import ReportCodeTable
@@ -30,17 +28,24 @@ from dlrd.soap import (
     redact_pin,
     version_from_content_type,
 )
-from dlrd.store import ReceiptStore, StoredReceipt
+from dlrd.store import ReceiptStore, StoredReceipt, insert_quarantine, insert_receipt
 
 log = logging.getLogger("dlrd.receipts")
 
 RETRY_AFTER_SECONDS = "30"
 
 
+_second_text: tuple[int, str] = (-1, "")
+
+
 def received_now() -> str:
-    """Arrival time, UTC with milliseconds, as stored and journaled."""
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    """Arrival time, UTC with milliseconds, as stored and journaled (the second formatted once per second)."""
+    global _second_text
+    now = time.time()
+    second = int(now)
+    if _second_text[0] != second:
+        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second_text[1]}.{int((now - second) * 1000):03d}Z"
 
 
 def response_content_type(media_type: str, version: SoapVersion) -> str:
@@ -95,7 +100,7 @@ class ReceiptEndpoint:
         self.metrics.count("dlrd_auth_failures_total")
         body = redact_pin(request.body, envelope.fields.get("PIN"))
         try:
-            await asyncio.wrap_future(self.store.quarantine(
+            await self.store.committed(insert_quarantine(
                 received_now(), request.remote_addr, "authentication failed", media_type, body))
         except StorageUnavailable:
             return self._unavailable(media_type, envelope.soap_version)
@@ -114,8 +119,8 @@ class ReceiptEndpoint:
                         request.remote_addr, message_id[:40], reason)
             body = redact_pin(request.body, envelope.fields.get("PIN"))
             try:
-                await asyncio.wrap_future(
-                    self.store.quarantine(received_at, request.remote_addr, reason, media_type, body))
+                await self.store.committed(
+                    insert_quarantine(received_at, request.remote_addr, reason, media_type, body))
             except StorageUnavailable:
                 return self._unavailable(media_type, envelope.soap_version)
             self.metrics.count("dlrd_receipts_quarantined_total", reason="invalid-field")
@@ -123,8 +128,8 @@ class ReceiptEndpoint:
 
         code = self.codes.lookup(receipt.report)
         try:
-            stored: StoredReceipt = await asyncio.wrap_future(
-                self.store.store_receipt(receipt, code, received_at, request.remote_addr, request.tls_client))
+            stored: StoredReceipt = await self.store.committed(
+                insert_receipt(receipt, code, received_at, request.remote_addr, request.tls_client))
         except StorageUnavailable:
             return self._unavailable(media_type, envelope.soap_version)
         if stored.duplicate:

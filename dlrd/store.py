@@ -9,6 +9,7 @@ batching timer: a lone receipt is committed as soon as it arrives.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -16,7 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,45 @@ _INSERT_RECEIPT = """
 _PROBE_RECEIPT = ("", "dlrd-health-probe", "", 0, "", "", "", "", 0, "", None)
 
 
-def _probe_write(connection: sqlite3.Connection) -> bool:
+def insert_receipt(receipt: Receipt, code: ReportCode, received_at: str, remote_addr: str,
+                   tls_client: str | None = None) -> Job:
+    """The job that stores a receipt, or finds the stored one it duplicates."""
+    params = (received_at, receipt.message_id, receipt.sent_to, receipt.report, receipt.timestamp,
+              receipt.timestamp_raw, code.label, code.state, int(code.final), remote_addr, tls_client)
+
+    def insert(connection: sqlite3.Connection) -> StoredReceipt:
+        cursor = connection.execute(_INSERT_RECEIPT, params)
+        if cursor.rowcount == 1:
+            record = {
+                "id": cursor.lastrowid, "received_at": received_at, "message_id": receipt.message_id,
+                "sent_to": receipt.sent_to, "report": receipt.report, "label": code.label, "state": code.state,
+                "final": code.final, "timestamp": receipt.timestamp, "remote_addr": remote_addr,
+                "tls_client": tls_client,
+            }
+            return StoredReceipt(cursor.lastrowid or 0, duplicate=False, record=record)
+        row = connection.execute(
+            "SELECT id FROM receipts WHERE message_id = ? AND sent_to = ? AND report = ? AND timestamp = ?",
+            (receipt.message_id, receipt.sent_to, receipt.report, receipt.timestamp),
+        ).fetchone()
+        return StoredReceipt(row[0], duplicate=True)
+
+    return insert
+
+
+def insert_quarantine(received_at: str, remote_addr: str, reason: str, content_type: str, body: bytes) -> Job:
+    """The job that keeps a refused request for replay; the caller has already redacted the PIN."""
+
+    def insert(connection: sqlite3.Connection) -> int:
+        cursor = connection.execute(
+            "INSERT INTO quarantine (received_at, remote_addr, reason, content_type, body) VALUES (?, ?, ?, ?, ?)",
+            (received_at, remote_addr, reason, content_type, body),
+        )
+        return cursor.lastrowid or 0
+
+    return insert
+
+
+def probe_write(connection: sqlite3.Connection) -> bool:
     cursor = connection.execute(_INSERT_RECEIPT, _PROBE_RECEIPT)
     if cursor.rowcount == 1:
         connection.execute("DELETE FROM receipts WHERE id = ?", (cursor.lastrowid,))
@@ -100,10 +139,15 @@ def _probe_write(connection: sqlite3.Connection) -> bool:
 
 @dataclass(frozen=True)
 class StoredReceipt:
-    """The outcome of storing a receipt: its id, and whether it was already there."""
+    """The outcome of storing a receipt: its id, and whether it was already there.
+
+    A new receipt carries its journal record, so the writer journals it
+    without reading back the row it has just inserted.
+    """
 
     id: int
     duplicate: bool
+    record: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 def connect(path: Path, lock_timeout: float, synchronous: str = "full") -> sqlite3.Connection:
@@ -155,9 +199,9 @@ def _statements(script: str) -> list[str]:
 
 
 Job = Callable[[sqlite3.Connection], Any]
-# (work, future, transactional): a transactional job runs inside the batch's
+# (work, future, transactional, waiter): a transactional job runs inside the batch's
 # transaction; any other work (reopening the journal) runs between batches.
-_Work = tuple[Callable[..., Any], "Future[Any]", bool]
+_Work = tuple[Callable[..., Any], "Future[Any]", bool, "asyncio.Future[Any] | None"]
 
 # SQLite result codes that mean "the storage cannot take writes now", as
 # opposed to a fault of one job; https://www.sqlite.org/rescode.html
@@ -201,6 +245,7 @@ class ReceiptStore:
         self._connection: sqlite3.Connection | None = None
         self._journaled_id = 0
         self._condition: StorageCondition | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def open(self) -> None:
         """Create or migrate the database, catch the journal up, start the writer."""
@@ -244,6 +289,7 @@ class ReceiptStore:
                 break
             if item is not None and item[1].set_running_or_notify_cancel():
                 item[1].set_exception(StorageUnavailable("dlrd is shutting down"))
+                self._wake([item])
         self._disconnect()
         self.journal.close()
 
@@ -251,44 +297,48 @@ class ReceiptStore:
         """Queue a job for the writer; the future resolves after its transaction committed."""
         return self._enqueue(job, transactional=True)
 
-    def _enqueue(self, work: Callable[..., Any], transactional: bool) -> Future[Any]:
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop whose coroutines wait with `committed`."""
+        self._loop = loop
+
+    def committed(self, job: Job) -> asyncio.Future[Any]:
+        """Queue a job from the event loop; await the result after its transaction committed.
+
+        Every waiter of a batch is woken by one call into the loop, rather
+        than one cross-thread wake-up per receipt.
+        """
+        assert self._loop is not None, "attach_loop() first"
+        waiter = self._loop.create_future()
+        future = self._enqueue(job, transactional=True, waiter=waiter)
+        if future.done():
+            waiter.set_exception(future.exception() or StorageUnavailable("dlrd is shutting down"))
+        return waiter
+
+    def _enqueue(self, work: Callable[..., Any], transactional: bool,
+                 waiter: asyncio.Future[Any] | None = None) -> Future[Any]:
         future: Future[Any] = Future()
         with self._lock:
             if self._thread is None:
                 future.set_exception(StorageUnavailable("dlrd is shutting down"))
             else:
-                self._queue.put((work, future, transactional))
+                self._queue.put((work, future, transactional, waiter))
         return future
+
+    def _wake(self, batch: list[_Work]) -> None:
+        """Hand the outcomes of a finished batch to their waiters in the event loop, in one call."""
+        waiting = [(waiter, future) for _work, future, _transactional, waiter in batch if waiter is not None]
+        if waiting and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_settle, waiting)
 
     def store_receipt(self, receipt: Receipt, code: ReportCode, received_at: str, remote_addr: str,
                       tls_client: str | None = None) -> Future[StoredReceipt]:
-        params = (received_at, receipt.message_id, receipt.sent_to, receipt.report, receipt.timestamp,
-                  receipt.timestamp_raw, code.label, code.state, int(code.final), remote_addr, tls_client)
-
-        def insert(connection: sqlite3.Connection) -> StoredReceipt:
-            cursor = connection.execute(_INSERT_RECEIPT, params)
-            if cursor.rowcount == 1:
-                return StoredReceipt(cursor.lastrowid or 0, duplicate=False)
-            row = connection.execute(
-                "SELECT id FROM receipts WHERE message_id = ? AND sent_to = ? AND report = ? AND timestamp = ?",
-                (receipt.message_id, receipt.sent_to, receipt.report, receipt.timestamp),
-            ).fetchone()
-            return StoredReceipt(row[0], duplicate=True)
-
-        return self.submit(insert)
+        """From a thread: queue a receipt; the future resolves once it is committed."""
+        return self.submit(insert_receipt(receipt, code, received_at, remote_addr, tls_client))
 
     def quarantine(self, received_at: str, remote_addr: str, reason: str, content_type: str,
                    body: bytes) -> Future[int]:
-        """Keep a refused request for replay; the caller has already redacted the PIN."""
-
-        def insert(connection: sqlite3.Connection) -> int:
-            cursor = connection.execute(
-                "INSERT INTO quarantine (received_at, remote_addr, reason, content_type, body) VALUES (?, ?, ?, ?, ?)",
-                (received_at, remote_addr, reason, content_type, body),
-            )
-            return cursor.lastrowid or 0
-
-        return self.submit(insert)
+        """From a thread: keep a refused request for replay (the caller redacted the PIN)."""
+        return self.submit(insert_quarantine(received_at, remote_addr, reason, content_type, body))
 
     def reopen_journal(self, fsync: bool | None = None, rotation: Rotation | None = None) -> Future[None]:
         """Close and reopen receipts.jsonl between two batches (after an external logrotate moved it),
@@ -306,7 +356,7 @@ class ReceiptStore:
         are 15 characters at most), so it dirties the pages a receipt
         dirties: a disk with room for a smaller transaction is not "healthy".
         """
-        return self.submit(_probe_write)
+        return self.submit(probe_write)
 
     # the writer thread
 
@@ -330,18 +380,20 @@ class ReceiptStore:
                 self._process(batch)
             except Exception:  # the writer must outlive any bug, or every later request would hang
                 log.exception("the writer thread failed on a batch")
-                for _work, future, _transactional in batch:
+                for _work, future, _transactional, _waiter in batch:
                     if not future.done():
                         future.set_exception(StorageUnavailable("internal error in the writer"))
+            self._wake(batch)
             if item is None:
                 return
 
     def _process(self, batch: list[_Work]) -> None:
-        jobs = [(work, future) for work, future, transactional in batch
-                if transactional and future.set_running_or_notify_cancel()]  # a probe past its deadline is skipped
+        jobs = [(work, future) for work, future, transactional, waiter in batch
+                if transactional and future.set_running_or_notify_cancel()  # a probe past its deadline is skipped
+                and not (waiter is not None and waiter.cancelled())]
         if jobs:
             self._commit(jobs)
-        for work, future, transactional in batch:
+        for work, future, transactional, _waiter in batch:
             if not transactional and future.set_running_or_notify_cancel():
                 try:
                     future.set_result(work())
@@ -368,8 +420,12 @@ class ReceiptStore:
         self.commits += 1
         self.committed_jobs += len(batch)
         self._recover()
-        if not self.journal_writable or any(
-                isinstance(result, StoredReceipt) and not result.duplicate for result in results):
+        new = [result for result in results if isinstance(result, StoredReceipt) and not result.duplicate]
+        if new and self.journal_writable and new[0].id == self._journaled_id + 1 \
+                and new[-1].id - new[0].id == len(new) - 1:
+            # The usual case: the batch's receipts follow the journal's last line.
+            self._journal_committed(new)
+        elif new or not self.journal_writable:
             self._journal_committed()
         for (_job, future), result in zip(batch, results):
             future.set_result(result)
@@ -400,10 +456,19 @@ class ReceiptStore:
             raise
         return results
 
-    def _journal_committed(self, at_start: bool = False) -> None:
-        """Journal every committed receipt not journaled yet; on failure, hold them until it works."""
+    def _journal_committed(self, batch: list[StoredReceipt] | None = None, at_start: bool = False) -> None:
+        """Journal every committed receipt not journaled yet; on failure, hold them until it works.
+
+        `batch` holds exactly the receipts after the last journaled one, with
+        their records; without it they are read back from the database.
+        """
         try:
-            count = self._catch_up_journal()
+            if batch:
+                self.journal.append(journal_line(stored.record) for stored in batch if stored.record)
+                self._journaled_id = batch[-1].id
+                count = len(batch)
+            else:
+                count = self._catch_up_journal()
         except (OSError, sqlite3.Error) as error:
             if self.journal_writable:
                 log.error("cannot write the journal %s: %s; receipts are safe in the database and will be "
@@ -489,3 +554,16 @@ class ReceiptStore:
         if self._condition is not None:
             log.warning("storage commits again after: %s", self._condition.text)
             self._condition = None
+
+
+def _settle(waiting: list[tuple[asyncio.Future[Any], Future[Any]]]) -> None:
+    """In the event loop: pass each finished job's outcome to the coroutine awaiting it."""
+    for waiter, future in waiting:
+        if waiter.done():
+            continue  # the coroutine gave up waiting (a health probe past its deadline)
+        if future.cancelled():
+            waiter.cancel()
+        elif future.exception() is not None:
+            waiter.set_exception(future.exception())  # type: ignore[arg-type]
+        else:
+            waiter.set_result(future.result())
