@@ -131,6 +131,12 @@ def insert_quarantine(received_at: str, remote_addr: str, reason: str, content_t
 
 
 def probe_write(connection: sqlite3.Connection) -> bool:
+    """The /healthz job: a write transaction that stores nothing, proving the database takes a receipt now.
+
+    It writes and deletes a receipt row that no real one can match (ids
+    are 15 characters at most), so it dirties the pages a receipt
+    dirties: a disk with room for a smaller transaction is not "healthy".
+    """
     cursor = connection.execute(_INSERT_RECEIPT, _PROBE_RECEIPT)
     if cursor.rowcount == 1:
         connection.execute("DELETE FROM receipts WHERE id = ?", (cursor.lastrowid,))
@@ -393,11 +399,6 @@ class ReceiptStore:
         """From a thread: queue a receipt; the future resolves once it is committed."""
         return self.submit(insert_receipt(receipt, code, received_at, remote_addr, tls_client))
 
-    def quarantine(self, received_at: str, remote_addr: str, reason: str, content_type: str,
-                   body: bytes) -> Future[int]:
-        """From a thread: keep a refused request for replay (the caller redacted the PIN)."""
-        return self.submit(insert_quarantine(received_at, remote_addr, reason, content_type, body))
-
     def reopen_journal(self, fsync: bool | None = None, rotation: Rotation | None = None) -> Future[None]:
         """Close and reopen receipts.jsonl between two batches (after an external logrotate moved it),
         taking new fsync and rotation settings when given (SIGHUP re-read the config)."""
@@ -406,15 +407,6 @@ class ReceiptStore:
     def writer_alive(self) -> bool:
         """False once the writer thread died: the watchdog then stops feeding systemd."""
         return self._thread is not None and self._thread.is_alive()
-
-    def probe(self) -> Future[bool]:
-        """A write transaction that stores nothing: proves the database takes a receipt now.
-
-        It writes and deletes a receipt row that no real one can match (ids
-        are 15 characters at most), so it dirties the pages a receipt
-        dirties: a disk with room for a smaller transaction is not "healthy".
-        """
-        return self.submit(probe_write)
 
     # the writer thread
 
