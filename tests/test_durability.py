@@ -216,3 +216,26 @@ def test_metrics_count_commits_and_the_jobs_they_held(daemon):
         assert soap_report(client.post(receipt_body(f"METRIC{number}"))) == 0
     client.close()
     assert counters() == (commits + 5, jobs + 5)
+
+
+def test_the_wal_stays_bounded_under_steady_load(tmp_path):
+    """The background checkpointer must not stop the WAL from starting over (it grew 600 MB in 40 s once)."""
+    store = ReceiptStore(tmp_path / "dlrd.db", JournalWriter(tmp_path), synchronous="normal")
+    store.open()
+
+    def post(thread: int) -> None:
+        for number in range(1500):
+            store.store_receipt(receipt(f"W{thread}N{number}"), DELIVERED, "2026-11-24T22:00:00.000Z",
+                                "192.0.2.1").result(timeout=10)
+
+    try:
+        posters = [threading.Thread(target=post, args=(thread,)) for thread in range(8)]
+        for poster in posters:
+            poster.start()
+        for poster in posters:
+            poster.join(60)
+        wal_bytes = (tmp_path / "dlrd.db-wal").stat().st_size
+    finally:
+        store.close()
+    assert store.committed_jobs == 12000
+    assert wal_bytes < 8 * 1024 * 1024, f"the WAL grew to {wal_bytes / 1e6:.1f} MB"
