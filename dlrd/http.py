@@ -209,7 +209,6 @@ class ChunkedDecoder:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.body = bytearray()
-        self.received = 0
         self._remaining = 0
         self._state = "size"
 
@@ -232,7 +231,6 @@ class ChunkedDecoder:
                 if take == 0:
                     return False
                 self.body += buffer[:take]
-                self.received += take
                 del buffer[:take]
                 self._remaining -= take
                 if self._remaining == 0:

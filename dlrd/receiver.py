@@ -98,14 +98,9 @@ class ReceiptEndpoint:
         log.warning("authentication failed for a receipt from %s (Username %r); quarantined",
                     request.remote_addr, username[:40])
         self.metrics.count("dlrd_auth_failures_total")
-        body = redact_pin(request.body, envelope.fields.get("PIN"))
-        try:
-            await self.store.committed(insert_quarantine(
-                received_now(), request.remote_addr, "authentication failed", media_type, body))
-        except StorageUnavailable:
-            return self._unavailable(media_type, envelope.soap_version)
-        self.metrics.count("dlrd_receipts_quarantined_total", reason="authentication")
-        return fault_response(media_type, envelope.soap_version, True, "authentication failed")
+        unavailable = await self._quarantine(request, envelope, received_now(), "authentication failed",
+                                             "authentication")
+        return unavailable or fault_response(media_type, envelope.soap_version, True, "authentication failed")
 
     async def _store(self, request: Request, envelope: Envelope) -> Response:
         media_type = request.head.media_type
@@ -117,14 +112,8 @@ class ReceiptEndpoint:
             reason = str(invalid)
             log.warning("quarantined a receipt from %s (MessageIdentifier %r): %s",
                         request.remote_addr, message_id[:40], reason)
-            body = redact_pin(request.body, envelope.fields.get("PIN"))
-            try:
-                await self.store.committed(
-                    insert_quarantine(received_at, request.remote_addr, reason, media_type, body))
-            except StorageUnavailable:
-                return self._unavailable(media_type, envelope.soap_version)
-            self.metrics.count("dlrd_receipts_quarantined_total", reason="invalid-field")
-            return self._answer(media_type, envelope, message_id, -1, reason)
+            unavailable = await self._quarantine(request, envelope, received_at, reason, "invalid-field")
+            return unavailable or self._answer(media_type, envelope, message_id, -1, reason)
 
         code = self.codes.lookup(receipt.report)
         try:
@@ -138,6 +127,18 @@ class ReceiptEndpoint:
         self.metrics.count("dlrd_receipts_stored_total")
         self.last_stored = time.time()
         return self._answer(media_type, envelope, receipt.message_id, 0, "stored")
+
+    async def _quarantine(self, request: Request, envelope: Envelope, received_at: str, reason: str,
+                          kind: str) -> Response | None:
+        """Keep the request, PIN redacted, for replay; a 503 answer if the database cannot take it."""
+        body = redact_pin(request.body, envelope.fields.get("PIN"))
+        try:
+            await self.store.committed(
+                insert_quarantine(received_at, request.remote_addr, reason, request.head.media_type, body))
+        except StorageUnavailable:
+            return self._unavailable(request.head.media_type, envelope.soap_version)
+        self.metrics.count("dlrd_receipts_quarantined_total", reason=kind)
+        return None
 
     def _answer(self, media_type: str, envelope: Envelope, message_id: str, report: int, text: str) -> Response:
         return Response(200, build_response(envelope, message_id, report, text),

@@ -267,7 +267,7 @@ class Connection(asyncio.Protocol):
         if self.state == BODY:
             # A minimum transfer rate, not just an idle timer: a client
             # dribbling a byte now and then still runs out of time.
-            received = self.decoder.received if self.decoder else len(self.buffer)
+            received = len(self.decoder.body) if self.decoder else len(self.buffer)
             deadline = self.body_started + self.server.request_timeout + received / self.server.min_body_rate
         else:
             deadline = self.deadline

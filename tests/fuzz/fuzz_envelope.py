@@ -7,10 +7,10 @@ answered (build_response) and redacted (redact_pin). See README.md here.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import atheris
+from fuzz_run import run
 
 with atheris.instrument_imports(include=["dlrd"]):
     from dlrd.soap import EnvelopeRejected, build_fault, build_response, parse_envelope, redact_pin
@@ -51,17 +51,8 @@ def test_one_input(data: bytes) -> None:
 
 
 def main() -> None:
-    corpus = HERE / "corpus" / "envelope"
-    seed_corpus(corpus)
-    arguments = list(sys.argv)
-    if not any(not argument.startswith("-") for argument in arguments[1:]):
-        arguments.append(str(corpus))
-    if not any(argument.startswith("-dict=") for argument in arguments):
-        arguments.append("-dict=" + str(HERE / "envelope.dict"))
-    if not any(argument.startswith("-max_len=") for argument in arguments):
-        arguments.append("-max_len=16384")
-    atheris.Setup(arguments, test_one_input)
-    atheris.Fuzz()
+    seed_corpus(HERE / "corpus" / "envelope")
+    run("envelope", test_one_input)
 
 
 if __name__ == "__main__":

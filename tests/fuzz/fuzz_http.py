@@ -7,10 +7,10 @@ raising. See README.md here.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import atheris
+from fuzz_run import run
 
 with atheris.instrument_imports(include=["dlrd"]):
     from dlrd.http import (
@@ -73,17 +73,8 @@ def test_one_input(data: bytes) -> None:
 
 
 def main() -> None:
-    corpus = HERE / "corpus" / "http"
-    seed_corpus(corpus)
-    arguments = list(sys.argv)
-    if not any(not argument.startswith("-") for argument in arguments[1:]):
-        arguments.append(str(corpus))
-    if not any(argument.startswith("-dict=") for argument in arguments):
-        arguments.append("-dict=" + str(HERE / "http.dict"))
-    if not any(argument.startswith("-max_len=") for argument in arguments):
-        arguments.append("-max_len=16384")
-    atheris.Setup(arguments, test_one_input)
-    atheris.Fuzz()
+    seed_corpus(HERE / "corpus" / "http")
+    run("http", test_one_input)
 
 
 if __name__ == "__main__":
