@@ -1,7 +1,7 @@
 """Routing: which path and method reaches which endpoint.
 
 `check_head` answers what can be answered from the request head alone, so
-a refused request's body is never read; `handle` serves complete requests.
+a refused request's body is never read; `serve` answers complete requests.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dlrd.auth import SourcePolicy
 from dlrd.config import Config
 from dlrd.http import Request, RequestHead, Response, plain_response
 from dlrd.metrics import Metrics
-from dlrd.receiver import ReceiptEndpoint
+from dlrd.receiver import ReceiptEndpoint, Respond
 from dlrd.store import ReceiptStore, probe_write
 
 log = logging.getLogger("dlrd.server")
@@ -63,13 +63,16 @@ class Application:
             return self._refuse(413, f"the body is larger than max_body_bytes ({self.max_body})")
         return None
 
-    async def handle(self, request: Request) -> Response:
+    def serve(self, request: Request, respond: Respond) -> None:
+        """Answer a complete request through `respond`, now or once its receipt is committed."""
         path = request.head.path
         if path == HEALTH_PATH:
-            return await self._health()
-        if path == METRICS_PATH:
-            return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
-        return await self.receipts.handle(request)
+            asyncio.get_running_loop().create_task(self._health()).add_done_callback(
+                lambda probe: None if probe.cancelled() else respond(probe.result()))
+        elif path == METRICS_PATH:
+            respond(Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"))
+        else:
+            self.receipts.serve(request, respond)
 
     async def _health(self) -> Response:
         """200 only when a write transaction commits now: the database is writable."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from functools import cached_property
 from http import HTTPStatus
 
 MAX_REQUEST_LINE = 8 * 1024
@@ -31,6 +32,8 @@ _REQUEST_LINE = re.compile(rb"([A-Z]{1,20}) ([\x21-\x7e]{1,8192}) HTTP/(\d)\.(\d
 # binary probe) is refused at once instead of waiting for request_timeout.
 _EMPTY_LINES = re.compile(rb"[\r\n]*")
 _METHOD_SO_FAR = re.compile(rb"[A-Z]{0,20}(?: |$)")
+# Bytes a header value may not hold: controls other than HTAB, and DEL.
+_CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 
 
@@ -52,7 +55,7 @@ class RequestHead:
     version: tuple[int, int]
     headers: dict[str, str] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def path(self) -> str:
         return self.target.split("?", 1)[0]
 
@@ -60,7 +63,7 @@ class RequestHead:
     def query(self) -> str:
         return self.target.partition("?")[2]
 
-    @property
+    @cached_property
     def keep_alive(self) -> bool:
         tokens = {token.strip().lower() for token in self.headers.get("connection", "").split(",")}
         if self.version >= (1, 1):
@@ -76,11 +79,11 @@ class RequestHead:
         value = self.headers.get("content-length")
         return None if value is None else int(value)
 
-    @property
+    @cached_property
     def media_type(self) -> str:
         return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
-    @property
+    @cached_property
     def charset(self) -> str | None:
         for parameter in self.headers.get("content-type", "").split(";")[1:]:
             name, _, value = parameter.partition("=")
@@ -171,7 +174,7 @@ def parse_head(block: bytes) -> RequestHead:
         if not colon or not _TOKEN.fullmatch(name):
             raise HttpError(400, "malformed header line")
         value = value.strip(b" \t")
-        if any((byte < 0x20 and byte != 0x09) or byte == 0x7F for byte in value):
+        if _CONTROL_BYTE.search(value):
             raise HttpError(400, "control characters in a header value")
         key = name.decode("ascii").lower()
         text = value.decode("latin-1")

@@ -141,6 +141,9 @@ class JournalWriter:
         self._last_stamp = 0
         self._repair_size: int | None = None
         self._rotation_failed = False
+        # The file's size, kept here rather than asked of the kernel at every
+        # append: dlrd is the only writer of receipts.jsonl.
+        self._size = 0
 
     def open(self) -> None:
         """Open for appending, cutting off a line a crash left half-written; start the housekeeper."""
@@ -180,15 +183,15 @@ class JournalWriter:
         self.rotate_if_due(len(data))
         if self._file is None:
             self._open_file()  # a rotation renamed the file but could not open the new one
-        fd = self._file.fileno()
-        start = os.fstat(fd).st_size
+        start = self._size
         try:
             view = memoryview(data)
             while view:
                 written = self._file.write(view)
                 view = view[written:]
+                self._size += written
             if self.fsync:
-                os.fsync(fd)
+                os.fsync(self._file.fileno())
         except OSError:
             self._repair_size = start
             try:
@@ -225,7 +228,7 @@ class JournalWriter:
         """Rotate now if the size or time limit says so; a failure is logged once and retried later."""
         if self._file is None:
             return False
-        size = os.fstat(self._file.fileno()).st_size
+        size = self._size
         if size == 0:
             # Nothing to rotate; a time rollover just moves on to the next midnight.
             if self._next_rollover is not None and self.clock() >= self._next_rollover:
@@ -268,12 +271,12 @@ class JournalWriter:
         self._drop_partial_line()
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open across calls)
         self._repair_size = None
+        self._size = os.fstat(self._file.fileno()).st_size
         stamps = [_stamp_of(path.name) or 0 for path in rotated_files(self.directory)]
         self._last_stamp = max([self._last_stamp, *stamps])
         if self.rotation.when == "midnight":
-            stat = os.fstat(self._file.fileno())
             # A file last written before a midnight passed (dlrd was down) rotates at the first append.
-            since = stat.st_mtime if stat.st_size else self.clock()
+            since = os.fstat(self._file.fileno()).st_mtime if self._size else self.clock()
             self._next_rollover = next_midnight(since, self.rotation.utc)
 
     def _close_file(self) -> None:
@@ -285,8 +288,11 @@ class JournalWriter:
         if self._repair_size is None:
             return
         fd = self._file.fileno()
-        if os.fstat(fd).st_size > self._repair_size:
+        size = os.fstat(fd).st_size
+        if size > self._repair_size:
             os.ftruncate(fd, self._repair_size)
+            size = self._repair_size
+        self._size = size
         self._repair_size = None
 
     @staticmethod

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from dlrd.auth import Credentials
 from dlrd.codes import ReportCodeTable
 from dlrd.errors import StorageUnavailable
-from dlrd.http import Request, Response
+from dlrd.http import Request, Response, plain_response
 from dlrd.metrics import Metrics
 from dlrd.receipt import InvalidReceipt, validate_fields
 from dlrd.soap import (
@@ -33,6 +34,8 @@ from dlrd.store import ReceiptStore, StoredReceipt, insert_quarantine, insert_re
 log = logging.getLogger("dlrd.receipts")
 
 RETRY_AFTER_SECONDS = "30"
+
+Respond = Callable[[Response], None]
 
 
 _second_text: tuple[int, str] = (-1, "")
@@ -79,30 +82,37 @@ class ReceiptEndpoint:
         self.credentials = credentials
         self.last_stored = 0.0
 
-    async def handle(self, request: Request) -> Response:
+    def serve(self, request: Request, respond: Respond) -> None:
+        """Answer the request through `respond`: at once when refused, after the commit when stored.
+
+        Callbacks rather than a coroutine per request: a Task and the
+        futures that wake it cost the event loop thread about as much as
+        parsing the envelope.
+        """
         media_type = request.head.media_type
         try:
             envelope = parse_envelope(request.body, request.head.charset, version_from_content_type(media_type))
         except EnvelopeRejected as rejected:
             log.warning("refused a request from %s: %s", request.remote_addr, rejected.reason)
             self.metrics.count("dlrd_requests_refused_total", status="fault", reason="not-a-receipt")
-            return fault_response(media_type, rejected.soap_version, True, rejected.reason)
+            respond(fault_response(media_type, rejected.soap_version, True, rejected.reason))
+            return
         if self.credentials.required and not self.credentials.accept(envelope.fields):
-            return await self._refuse_credentials(request, envelope)
-        return await self._store(request, envelope)
+            self._refuse_credentials(request, envelope, respond)
+            return
+        self._store(request, envelope, respond)
 
-    async def _refuse_credentials(self, request: Request, envelope: Envelope) -> Response:
+    def _refuse_credentials(self, request: Request, envelope: Envelope, respond: Respond) -> None:
         """Same fault whichever credential was wrong; the request is kept in case the config was the mistake."""
-        media_type = request.head.media_type
         username = envelope.fields.get("Username", "")
         log.warning("authentication failed for a receipt from %s (Username %r); quarantined",
                     request.remote_addr, username[:40])
         self.metrics.count("dlrd_auth_failures_total")
-        unavailable = await self._quarantine(request, envelope, received_now(), "authentication failed",
-                                             "authentication")
-        return unavailable or fault_response(media_type, envelope.soap_version, True, "authentication failed")
+        fault = fault_response(request.head.media_type, envelope.soap_version, True, "authentication failed")
+        self._quarantine(request, envelope, received_now(), "authentication failed", "authentication",
+                         fault, respond)
 
-    async def _store(self, request: Request, envelope: Envelope) -> Response:
+    def _store(self, request: Request, envelope: Envelope, respond: Respond) -> None:
         media_type = request.head.media_type
         received_at = received_now()
         message_id = envelope.fields.get("MessageIdentifier", "")
@@ -112,41 +122,52 @@ class ReceiptEndpoint:
             reason = str(invalid)
             log.warning("quarantined a receipt from %s (MessageIdentifier %r): %s",
                         request.remote_addr, message_id[:40], reason)
-            unavailable = await self._quarantine(request, envelope, received_at, reason, "invalid-field")
-            return unavailable or self._answer(media_type, envelope, message_id, -1, reason)
+            self._quarantine(request, envelope, received_at, reason, "invalid-field",
+                             self._answer(media_type, envelope, message_id, -1, reason), respond)
+            return
+
+        def committed(stored: StoredReceipt | None, error: BaseException | None) -> None:
+            if stored is None:
+                respond(self._failure(request, envelope, error))
+            elif stored.duplicate:
+                self.metrics.count("dlrd_receipts_duplicate_total")
+                respond(self._answer(media_type, envelope, receipt.message_id, 0, "duplicate of a stored receipt"))
+            else:
+                self.metrics.count("dlrd_receipts_stored_total")
+                self.last_stored = time.time()
+                respond(self._answer(media_type, envelope, receipt.message_id, 0, "stored"))
 
         code = self.codes.lookup(receipt.report)
-        try:
-            stored: StoredReceipt = await self.store.committed(
-                insert_receipt(receipt, code, received_at, request.remote_addr, request.tls_client))
-        except StorageUnavailable:
-            return self._unavailable(media_type, envelope.soap_version)
-        if stored.duplicate:
-            self.metrics.count("dlrd_receipts_duplicate_total")
-            return self._answer(media_type, envelope, receipt.message_id, 0, "duplicate of a stored receipt")
-        self.metrics.count("dlrd_receipts_stored_total")
-        self.last_stored = time.time()
-        return self._answer(media_type, envelope, receipt.message_id, 0, "stored")
+        self.store.commit(insert_receipt(receipt, code, received_at, request.remote_addr, request.tls_client),
+                          committed)
 
-    async def _quarantine(self, request: Request, envelope: Envelope, received_at: str, reason: str,
-                          kind: str) -> Response | None:
-        """Keep the request, PIN redacted, for replay; a 503 answer if the database cannot take it."""
+    def _quarantine(self, request: Request, envelope: Envelope, received_at: str, reason: str, kind: str,
+                    answer: Response, respond: Respond) -> None:
+        """Keep the request, PIN redacted, for replay, then send `answer`; 503 if the database cannot take it."""
         body = redact_pin(request.body, envelope.fields.get("PIN"))
-        try:
-            await self.store.committed(
-                insert_quarantine(received_at, request.remote_addr, reason, request.head.media_type, body))
-        except StorageUnavailable:
-            return self._unavailable(request.head.media_type, envelope.soap_version)
-        self.metrics.count("dlrd_receipts_quarantined_total", reason=kind)
-        return None
+
+        def kept(_quarantine_id: int | None, error: BaseException | None) -> None:
+            if error is not None:
+                respond(self._failure(request, envelope, error))
+                return
+            self.metrics.count("dlrd_receipts_quarantined_total", reason=kind)
+            respond(answer)
+
+        self.store.commit(insert_quarantine(received_at, request.remote_addr, reason, request.head.media_type, body),
+                          kept)
+
+    def _failure(self, request: Request, envelope: Envelope, error: BaseException | None) -> Response:
+        """The answer when the store could not take the job: 503 to retry later, or 500 for a fault of ours."""
+        media_type = request.head.media_type
+        if isinstance(error, StorageUnavailable):
+            self.metrics.count("dlrd_storage_failures_total")
+            response = fault_response(media_type, envelope.soap_version, False,
+                                      "the receipt could not be stored durably; retry later", status=503)
+            response.headers.append(("Retry-After", RETRY_AFTER_SECONDS))
+            return response
+        log.error("internal error while storing a request from %s", request.remote_addr, exc_info=error)
+        return plain_response(500, "internal error", close=True)
 
     def _answer(self, media_type: str, envelope: Envelope, message_id: str, report: int, text: str) -> Response:
         return Response(200, build_response(envelope, message_id, report, text),
                         response_content_type(media_type, envelope.soap_version))
-
-    def _unavailable(self, media_type: str, version: SoapVersion) -> Response:
-        self.metrics.count("dlrd_storage_failures_total")
-        response = fault_response(media_type, version, False,
-                                  "the receipt could not be stored durably; retry later", status=503)
-        response.headers.append(("Retry-After", RETRY_AFTER_SECONDS))
-        return response

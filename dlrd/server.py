@@ -64,6 +64,7 @@ class Connection(asyncio.Protocol):
         self.peer_closed = False
         self.linger_until = 0.0
         self.write_blocked = False
+        self.dispatching = False
 
     # asyncio callbacks
 
@@ -94,8 +95,9 @@ class Connection(asyncio.Protocol):
         if self.state in (IDLE, CLOSED) and not self.buffer:
             return False
         self._advance()
-        # Half a request followed by EOF will never complete: close.
-        return self.state == BUSY
+        # Half a request followed by EOF will never complete: close. Stay
+        # open while an answer is pending or a pipelined request still waits.
+        return self.state == BUSY or (self.state == IDLE and bool(self.buffer))
 
     def data_received(self, data: bytes) -> None:
         if self.state == CLOSED:
@@ -103,13 +105,12 @@ class Connection(asyncio.Protocol):
         self.buffer += data
         if self.transport is None:
             return  # TLS: bytes that came with the handshake's end, read once connection_made runs
-        if self.state == BUSY or self.write_blocked:
-            # Pipelined bytes wait until the current answer is out; stop
-            # reading once they exceed what one request may hold.
-            if len(self.buffer) > self._buffer_limit() and not self.paused:
-                self._pause()
-            return
-        self._advance()
+        if self.state != BUSY and not self.write_blocked:
+            self._advance()
+        # Pipelined bytes wait until the current answer is out; stop
+        # reading once they exceed what one request may hold.
+        if len(self.buffer) > self._buffer_limit() and not self.paused and self.state != CLOSED:
+            self._pause()
 
     def pause_writing(self) -> None:
         # asyncio's write buffer passed its high-water mark: the client is not
@@ -179,17 +180,18 @@ class Connection(asyncio.Protocol):
     def _dispatch(self, head: RequestHead, body: bytes) -> None:
         self.state = BUSY
         request = Request(head, body, self.remote_addr, self.client_cert)
-        asyncio.get_running_loop().create_task(self._serve(request))
-
-    async def _serve(self, request: Request) -> None:
+        self.dispatching = True
         try:
-            response = await self.server.app.handle(request)
+            self.server.app.serve(request, lambda response: self._respond(request, response))
         except Exception:
-            log.exception("internal error while serving %s %s from %s",
-                          request.head.method, request.head.path, self.remote_addr)
-            response = plain_response(500, "internal error", close=True)
-        if self.state == CLOSED:
-            return
+            log.exception("internal error while serving %s %s from %s", head.method, head.path, self.remote_addr)
+            self._respond(request, plain_response(500, "internal error", close=True))
+        finally:
+            self.dispatching = False
+
+    def _respond(self, request: Request, response: Response) -> None:
+        if self.state != BUSY:
+            return  # the client went away while its receipt was being committed
         self._log_access(request.head, response)
         # A client that pipelined requests and then half-closed still gets
         # every answer: EOF ends the connection only once nothing is left.
@@ -202,13 +204,22 @@ class Connection(asyncio.Protocol):
         self.head = None
         self.decoder = None
         self.deadline = time.monotonic() + self.server.keepalive_timeout
-        if not self.write_blocked:  # else resume_writing carries on once the client reads
+        if self.write_blocked:
+            return  # resume_writing carries on once the client reads
+        if self.dispatching:
+            # Answered at once (a refusal): read the next pipelined request
+            # from the loop, not from inside this one, so a client that
+            # pipelines a thousand bad requests cannot nest a thousand calls.
+            asyncio.get_running_loop().call_soon(self._next_request)
+        else:
             self._next_request()
 
     def _next_request(self) -> None:
         """Read and answer what the client sent next, now that the last answer is out."""
+        if self.write_blocked:
+            return  # the client stopped reading since this was scheduled; resume_writing calls again
         self._advance()
-        if self.peer_closed and self.state in (IDLE, HEAD, BODY):
+        if self.peer_closed and (self.state in (HEAD, BODY) or (self.state == IDLE and not self.buffer)):
             # What is left after EOF is half a request that can never complete.
             self.state = CLOSED
             self.transport.close()  # type: ignore[union-attr]

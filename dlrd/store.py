@@ -1,20 +1,24 @@
 """SQLite storage: schema and migrations, and the single writer thread.
 
-One thread owns the write connection. Request handlers hand it jobs and
-wait on a future; it commits everything that queued up meanwhile as one
-transaction (group commit), appends the journal lines, and only then
-releases the waiters, so a 200 always follows a commit. There is no
-batching timer: a lone receipt is committed as soon as it arrives.
+One thread owns the write connection. The event loop hands it the jobs of
+each loop iteration together, with a callback each; it commits everything
+that queued up meanwhile as one transaction (group commit), appends the
+journal lines, and only then runs the callbacks, so a 200 always follows a
+commit. There is no batching timer: a lone receipt is committed as soon as
+it arrives. A batch of receipts is one SQL statement, so the writer takes
+the GIL back from the event loop a few times per batch, not per receipt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -82,39 +86,94 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-_INSERT_RECEIPT = """
-    INSERT OR IGNORE INTO receipts (received_at, message_id, sent_to, report, timestamp, timestamp_raw,
-                                    label, state, final, remote_addr, tls_client)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+_RECEIPT_COLUMNS = ("received_at", "message_id", "sent_to", "report", "timestamp", "timestamp_raw",
+                    "label", "state", "final", "remote_addr", "tls_client")
+_INSERT_RECEIPT = f"""
+    INSERT OR IGNORE INTO receipts ({", ".join(_RECEIPT_COLUMNS)})
+    VALUES ({", ".join("?" for _ in _RECEIPT_COLUMNS)})
 """
+# A whole batch of receipts in one statement, its rows a JSON array of
+# parameter arrays. In autocommit mode the statement is its own transaction,
+# so the batch costs the writer one call into SQLite (one release of the
+# GIL) instead of one per receipt plus BEGIN and COMMIT: each release is a
+# hand-off with the event loop thread, and those hand-offs, not SQLite,
+# were most of what a receipt cost under load.
+_INSERT_RECEIPTS = f"""
+    INSERT OR IGNORE INTO receipts ({", ".join(_RECEIPT_COLUMNS)})
+    SELECT {", ".join(f"json_extract(value, '$[{n}]')" for n in range(len(_RECEIPT_COLUMNS)))}
+    FROM json_each(?)
+"""
+_FIND_RECEIPT = "SELECT id FROM receipts WHERE message_id = ? AND sent_to = ? AND report = ? AND timestamp = ?"
 
 
 _PROBE_RECEIPT = ("", "dlrd-health-probe", "", 0, "", "", "", "", 0, "", None)
 
 
+class ReceiptInsert:
+    """The job that stores a receipt, or finds the stored one it duplicates.
+
+    The writer stores a batch made only of these with one statement
+    (`insert_receipts`); called on its own, the job stores its receipt alone.
+    """
+
+    __slots__ = ("params", "record")
+
+    def __init__(self, receipt: Receipt, code: ReportCode, received_at: str, remote_addr: str,
+                 tls_client: str | None) -> None:
+        self.params = (received_at, receipt.message_id, receipt.sent_to, receipt.report, receipt.timestamp,
+                       receipt.timestamp_raw, code.label, code.state, int(code.final), remote_addr, tls_client)
+        self.record = {
+            "id": 0, "received_at": received_at, "message_id": receipt.message_id, "sent_to": receipt.sent_to,
+            "report": receipt.report, "label": code.label, "state": code.state, "final": code.final,
+            "timestamp": receipt.timestamp, "remote_addr": remote_addr, "tls_client": tls_client,
+        }
+
+    def __call__(self, connection: sqlite3.Connection) -> StoredReceipt:
+        return insert_receipts(connection, [self])[0]
+
+    def stored(self, receipt_id: int) -> StoredReceipt:
+        """The outcome when this receipt was new and got `receipt_id`."""
+        self.record["id"] = receipt_id
+        return StoredReceipt(receipt_id, duplicate=False, record=self.record)
+
+    @property
+    def key(self) -> tuple[str, str, int, str]:
+        """The columns of the receipts table's unique constraint."""
+        return self.params[1], self.params[2], self.params[3], self.params[4]
+
+
 def insert_receipt(receipt: Receipt, code: ReportCode, received_at: str, remote_addr: str,
-                   tls_client: str | None = None) -> Job:
+                   tls_client: str | None = None) -> ReceiptInsert:
     """The job that stores a receipt, or finds the stored one it duplicates."""
-    params = (received_at, receipt.message_id, receipt.sent_to, receipt.report, receipt.timestamp,
-              receipt.timestamp_raw, code.label, code.state, int(code.final), remote_addr, tls_client)
+    return ReceiptInsert(receipt, code, received_at, remote_addr, tls_client)
 
-    def insert(connection: sqlite3.Connection) -> StoredReceipt:
-        cursor = connection.execute(_INSERT_RECEIPT, params)
-        if cursor.rowcount == 1:
-            record = {
-                "id": cursor.lastrowid, "received_at": received_at, "message_id": receipt.message_id,
-                "sent_to": receipt.sent_to, "report": receipt.report, "label": code.label, "state": code.state,
-                "final": code.final, "timestamp": receipt.timestamp, "remote_addr": remote_addr,
-                "tls_client": tls_client,
-            }
-            return StoredReceipt(cursor.lastrowid or 0, duplicate=False, record=record)
-        row = connection.execute(
-            "SELECT id FROM receipts WHERE message_id = ? AND sent_to = ? AND report = ? AND timestamp = ?",
-            (receipt.message_id, receipt.sent_to, receipt.report, receipt.timestamp),
-        ).fetchone()
-        return StoredReceipt(row[0], duplicate=True)
 
-    return insert
+def insert_receipts(connection: sqlite3.Connection, jobs: list[ReceiptInsert]) -> list[StoredReceipt]:
+    """Store a batch of receipts with one statement; in autocommit mode it is committed on return.
+
+    New rows get consecutive ids in the batch's order (SQLite gives a new
+    row the largest id plus one). When some were already stored, each
+    receipt's row is looked up: the first receipt to own a new id is the
+    new one, any other is a duplicate, just as if they came one by one.
+    """
+    if len(jobs) == 1:
+        cursor = connection.execute(_INSERT_RECEIPT, jobs[0].params)
+    else:
+        cursor = connection.execute(_INSERT_RECEIPTS, (json.dumps([job.params for job in jobs]),))
+    inserted = cursor.rowcount
+    last_id = cursor.lastrowid or 0
+    if inserted == len(jobs):
+        return [job.stored(last_id - inserted + 1 + n) for n, job in enumerate(jobs)]
+    new_ids = range(last_id - inserted + 1, last_id + 1) if inserted > 0 else range(0)
+    results, claimed = [], set()
+    for job in jobs:
+        receipt_id = connection.execute(_FIND_RECEIPT, job.key).fetchone()[0]
+        if receipt_id in new_ids and receipt_id not in claimed:
+            claimed.add(receipt_id)
+            results.append(job.stored(receipt_id))
+        else:
+            results.append(StoredReceipt(receipt_id, duplicate=True))
+    return results
 
 
 def insert_quarantine(received_at: str, remote_addr: str, reason: str, content_type: str, body: bytes) -> Job:
@@ -205,9 +264,44 @@ def _statements(script: str) -> list[str]:
 
 
 Job = Callable[[sqlite3.Connection], Any]
-# (work, future, transactional, waiter): a transactional job runs inside the batch's
+# Called in the event loop with a job's result, or with the exception that failed it.
+OnCommitted = Callable[[Any, "BaseException | None"], None]
+
+
+class _Outcome:
+    """Where the writer puts a job's outcome for the event loop: the part of a Future it uses, and no lock.
+
+    A Future per receipt, then a coroutine woken by it, cost the event loop
+    thread more than parsing the receipt; the writer instead fills these in
+    and the loop runs each callback once per batch (`_deliver`).
+    """
+
+    __slots__ = ("error", "finished", "on_committed", "value", "wanted")
+
+    def __init__(self, on_committed: OnCommitted, wanted: Callable[[], bool] | None = None) -> None:
+        self.on_committed = on_committed
+        self.wanted = wanted
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.finished = False
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return self.wanted is None or self.wanted()
+
+    def set_result(self, value: Any) -> None:
+        self.value, self.finished = value, True
+
+    def set_exception(self, error: BaseException) -> None:
+        self.error, self.finished = error, True
+
+    def done(self) -> bool:
+        return self.finished
+
+
+# (work, outcome, transactional): a transactional job runs inside the batch's
 # transaction; any other work (reopening the journal) runs between batches.
-_Work = tuple[Callable[..., Any], "Future[Any]", bool, "asyncio.Future[Any] | None"]
+_Target = "Future[Any] | _Outcome"
+_Work = tuple[Callable[..., Any], _Target, bool]
 
 # SQLite result codes that mean "the storage cannot take writes now", as
 # opposed to a fault of one job; https://www.sqlite.org/rescode.html
@@ -218,6 +312,10 @@ _STORAGE_CODES = _LOCKED_CODES | {
     sqlite3.SQLITE_NOTADB,
 }
 JOURNAL_CHUNK = 1000
+# How stale journal_position may grow: it only stands in for the journal's
+# last line when the journal files are gone, and a stale one journals a
+# few receipts twice, which the id on every line lets readers drop.
+POSITION_SECONDS = 1.0
 CHECKPOINT_SECONDS = 0.25
 _LOW_DISK_BYTES = 1024 * 1024
 _READ_ONLY = "its file system is read-only"
@@ -296,11 +394,13 @@ class ReceiptStore:
         # commits / committed_jobs is the mean group-commit batch size.
         self.commits = 0
         self.committed_jobs = 0
-        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Work] | None] = queue.SimpleQueue()
+        self._from_loop: list[_Work] = []  # this loop iteration's jobs, handed over at its end
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._connection: sqlite3.Connection | None = None
         self._journaled_id = 0
+        self._position_due = 0.0
         self._condition: StorageCondition | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._checkpointer: Checkpointer | None = None
@@ -350,48 +450,78 @@ class ReceiptStore:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None and item[1].set_running_or_notify_cancel():
-                item[1].set_exception(StorageUnavailable("dlrd is shutting down"))
-                self._wake([item])
+            for work in item or ():
+                if work[1].set_running_or_notify_cancel():
+                    work[1].set_exception(StorageUnavailable("dlrd is shutting down"))
+            self._wake(item or [])
         self._disconnect()
         self.journal.close()
 
     def submit(self, job: Job) -> Future[Any]:
-        """Queue a job for the writer; the future resolves after its transaction committed."""
-        return self._enqueue(job, transactional=True)
-
-    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The event loop whose coroutines wait with `committed`."""
-        self._loop = loop
-
-    def committed(self, job: Job) -> asyncio.Future[Any]:
-        """Queue a job from the event loop; await the result after its transaction committed.
-
-        Every waiter of a batch is woken by one call into the loop, rather
-        than one cross-thread wake-up per receipt.
-        """
-        assert self._loop is not None, "attach_loop() first"
-        waiter = self._loop.create_future()
-        future = self._enqueue(job, transactional=True, waiter=waiter)
-        if future.done():
-            waiter.set_exception(future.exception() or StorageUnavailable("dlrd is shutting down"))
-        return waiter
-
-    def _enqueue(self, work: Callable[..., Any], transactional: bool,
-                 waiter: asyncio.Future[Any] | None = None) -> Future[Any]:
+        """From a thread: queue a job for the writer; the future resolves after its transaction committed."""
         future: Future[Any] = Future()
-        with self._lock:
-            if self._thread is None:
-                future.set_exception(StorageUnavailable("dlrd is shutting down"))
-            else:
-                self._queue.put((work, future, transactional, waiter))
+        if not self._enqueue(job, future, transactional=True):
+            future.set_exception(StorageUnavailable("dlrd is shutting down"))
         return future
 
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop that `commit` callbacks and `committed` waiters run in."""
+        self._loop = loop
+
+    def commit(self, job: Job, on_committed: OnCommitted, wanted: Callable[[], bool] | None = None) -> None:
+        """From the event loop: queue a job; `on_committed(result, error)` runs in the loop after its commit.
+
+        The jobs of one loop iteration reach the writer together, once the
+        iteration's ready sockets have all been read (`_hand_over`), and
+        every callback of a batch runs from one call into the loop: no
+        cross-thread wake-up per receipt, and no timer either, so a lone
+        receipt waits for nothing. `wanted` is asked just before the job
+        runs; a job no longer wanted is skipped.
+        """
+        assert self._loop is not None, "attach_loop() first"
+        if not self._from_loop:
+            self._loop.call_soon(self._hand_over)
+        self._from_loop.append((job, _Outcome(on_committed, wanted), True))
+
+    def _hand_over(self) -> None:
+        works, self._from_loop = self._from_loop, []
+        with self._lock:
+            if self._thread is not None:
+                self._queue.put(works)
+                return
+        for _job, outcome, _transactional in works:
+            outcome.set_exception(StorageUnavailable("dlrd is shutting down"))
+        _deliver([outcome for _job, outcome, _transactional in works])  # type: ignore[misc]
+
+    async def committed(self, job: Job) -> Any:
+        """From a coroutine: the job's result once its transaction committed."""
+        assert self._loop is not None, "attach_loop() first"
+        waiter = self._loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if waiter.done():
+                return  # the coroutine gave up waiting (a health probe past its deadline)
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(result)
+
+        self.commit(job, settle, wanted=lambda: not waiter.done())
+        return await waiter
+
+    def _enqueue(self, work: Callable[..., Any], outcome: Future[Any] | _Outcome, transactional: bool) -> bool:
+        with self._lock:
+            if self._thread is None:
+                return False
+            self._queue.put([(work, outcome, transactional)])
+            return True
+
     def _wake(self, batch: list[_Work]) -> None:
-        """Hand the outcomes of a finished batch to their waiters in the event loop, in one call."""
-        waiting = [(waiter, future) for _work, future, _transactional, waiter in batch if waiter is not None]
-        if waiting and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(_settle, waiting)
+        """Hand the outcomes of a finished batch to the event loop, in one call."""
+        outcomes = [outcome for _work, outcome, _transactional in batch
+                    if type(outcome) is _Outcome and outcome.finished]
+        if outcomes and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_deliver, outcomes)
 
     def store_receipt(self, receipt: Receipt, code: ReportCode, received_at: str, remote_addr: str,
                       tls_client: str | None = None) -> Future[StoredReceipt]:
@@ -401,7 +531,10 @@ class ReceiptStore:
     def reopen_journal(self, fsync: bool | None = None, rotation: Rotation | None = None) -> Future[None]:
         """Close and reopen receipts.jsonl between two batches (after an external logrotate moved it),
         taking new fsync and rotation settings when given (SIGHUP re-read the config)."""
-        return self._enqueue(lambda: self.journal.reopen(fsync, rotation), transactional=False)
+        future: Future[None] = Future()
+        if not self._enqueue(lambda: self.journal.reopen(fsync, rotation), future, transactional=False):
+            future.set_exception(StorageUnavailable("dlrd is shutting down"))
+        return future
 
     def writer_alive(self) -> bool:
         """False once the writer thread died: the watchdog then stops feeding systemd."""
@@ -418,7 +551,7 @@ class ReceiptStore:
                 continue
             batch: list[_Work] = []
             while item is not None:
-                batch.append(item)
+                batch += item
                 if len(batch) >= MAX_BATCH:
                     break
                 try:
@@ -429,7 +562,7 @@ class ReceiptStore:
                 self._process(batch)
             except Exception:  # the writer must outlive any bug, or every later request would hang
                 log.exception("the writer thread failed on a batch")
-                for _work, future, _transactional, _waiter in batch:
+                for _work, future, _transactional in batch:
                     if not future.done():
                         future.set_exception(StorageUnavailable("internal error in the writer"))
             self._wake(batch)
@@ -437,19 +570,18 @@ class ReceiptStore:
                 return
 
     def _process(self, batch: list[_Work]) -> None:
-        jobs = [(work, future) for work, future, transactional, waiter in batch
-                if transactional and future.set_running_or_notify_cancel()  # a probe past its deadline is skipped
-                and not (waiter is not None and waiter.cancelled())]
+        jobs = [(work, future) for work, future, transactional in batch
+                if transactional and future.set_running_or_notify_cancel()]  # a probe past its deadline is skipped
         if jobs:
             self._commit(jobs)
-        for work, future, transactional, _waiter in batch:
+        for work, future, transactional in batch:
             if not transactional and future.set_running_or_notify_cancel():
                 try:
                     future.set_result(work())
                 except Exception as error:
                     future.set_exception(error)
 
-    def _commit(self, batch: list[tuple[Job, Future[Any]]]) -> None:
+    def _commit(self, batch: list[tuple[Job, _Target]]) -> None:
         """One transaction for the whole batch, then the journal, then the waiters: 200 follows commit."""
         try:
             results = self._transaction([job for job, _future in batch])
@@ -479,7 +611,7 @@ class ReceiptStore:
         for (_job, future), result in zip(batch, results):
             future.set_result(result)
 
-    def _isolate(self, batch: list[tuple[Job, Future[Any]]], error: Exception) -> None:
+    def _isolate(self, batch: list[tuple[Job, _Target]], error: Exception) -> None:
         """A job failed on its own account: retry the others alone, so one bad receipt fails only itself."""
         if len(batch) == 1:
             batch[0][1].set_exception(error)
@@ -491,11 +623,15 @@ class ReceiptStore:
         if self._connection is None:
             self._connection = connect(self.database, self.lock_timeout, self.synchronous)
         connection = self._connection
+        now = time.monotonic()
+        if now < self._position_due and all(type(job) is ReceiptInsert for job in jobs):
+            return insert_receipts(connection, jobs)  # type: ignore[arg-type]
         connection.execute("BEGIN IMMEDIATE")
         try:
             results = [job(connection) for job in jobs]
             connection.execute("UPDATE journal_position SET last_id = ?", (self._journaled_id,))
             connection.execute("COMMIT")
+            self._position_due = now + POSITION_SECONDS
         except BaseException:
             if connection.in_transaction:
                 try:
@@ -605,14 +741,10 @@ class ReceiptStore:
             self._condition = None
 
 
-def _settle(waiting: list[tuple[asyncio.Future[Any], Future[Any]]]) -> None:
-    """In the event loop: pass each finished job's outcome to the coroutine awaiting it."""
-    for waiter, future in waiting:
-        if waiter.done():
-            continue  # the coroutine gave up waiting (a health probe past its deadline)
-        if future.cancelled():
-            waiter.cancel()
-        elif future.exception() is not None:
-            waiter.set_exception(future.exception())  # type: ignore[arg-type]
-        else:
-            waiter.set_result(future.result())
+def _deliver(outcomes: list[_Outcome]) -> None:
+    """In the event loop: run each finished job's callback; one failing callback does not stop the rest."""
+    for outcome in outcomes:
+        try:
+            outcome.on_committed(outcome.value, outcome.error)
+        except Exception:
+            log.exception("internal error after a commit")

@@ -562,6 +562,22 @@ def test_pipelined_requests_in_one_write_are_all_answered_in_order(daemon):
     assert_still_serving(daemon)
 
 
+def test_a_long_pipeline_of_refused_envelopes_is_answered_in_full_and_in_order(daemon):
+    """A fault is answered at once, within the read that brought its request; the next pipelined
+    request is read from the event loop afterwards, not from inside that answer, so a long
+    pipeline neither nests calls nor gets cut short."""
+    count = 400
+    bad = post_bytes(b"<not-a-receipt/>", version="1.1")
+    answers = talk(daemon.address, bad * count + post_bytes(envelope(b"PIPEEND"), version="1.1"),
+                   half_close=True, timeout=30)
+    assert [answer.status for answer in answers] == [500] * count + [200]
+    assert all(b"faultstring" in answer.body for answer in answers[:count])
+    assert receipt_answer(answers[-1]) == ("PIPEEND", "0", "stored")
+    daemon.good_ids.add("PIPEEND")
+    assert "Traceback" not in daemon.log()
+    assert_still_serving(daemon)
+
+
 def test_pipelined_requests_followed_by_a_half_close_are_all_answered(daemon):
     requests = b"GET /healthz HTTP/1.1\r\nHost: r\r\n\r\n" * 3 + post_bytes(envelope(b"PIPE3"), version="1.1")
     answers = talk(daemon.address, requests, half_close=True)

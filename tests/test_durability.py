@@ -28,7 +28,7 @@ from wire import KeepAliveClient, post, receipt_body, soap_report, wait_for
 from dlrd.codes import ReportCode
 from dlrd.journal import JournalWriter
 from dlrd.receipt import Receipt
-from dlrd.store import ReceiptStore
+from dlrd.store import ReceiptStore, connect, insert_receipt, insert_receipts, migrate
 
 CYCLES = 5
 POSTERS = 8
@@ -184,6 +184,36 @@ def test_receipts_are_answered_only_after_the_one_commit_that_holds_them_all(tmp
     assert store.commits - commits == 2 and store.committed_jobs - jobs == 100
     assert [json.loads(text)["message_id"] for text in (tmp_path / "receipts.jsonl").read_text().splitlines()] == [
         f"HELD{number}" for number in range(100)]
+
+
+def test_a_batch_in_one_statement_gives_each_receipt_its_own_id_and_finds_duplicates(tmp_path):
+    connection = connect(tmp_path / "dlrd.db", lock_timeout=5)
+    migrate(connection)
+
+    def job(message_id: str):
+        return insert_receipt(receipt(message_id), DELIVERED, "2026-11-24T22:00:00.000Z", "192.0.2.1")
+
+    first = insert_receipts(connection, [job(f"B{number}") for number in range(5)])
+    assert [(stored.id, stored.duplicate) for stored in first] == [(n, False) for n in range(1, 6)]
+    assert [stored.record["id"] for stored in first] == [1, 2, 3, 4, 5]
+    # Committed on return (autocommit): another connection sees the rows, each under its own id.
+    other = connect(tmp_path / "dlrd.db", lock_timeout=5)
+    assert other.execute("SELECT id, message_id FROM receipts ORDER BY id").fetchall() == [
+        (n + 1, f"B{n}") for n in range(5)]
+
+    # New, stored before, new, the same again in this batch, new.
+    second = insert_receipts(connection, [job("C0"), job("B2"), job("C1"), job("C1"), job("C2")])
+    assert [(stored.id, stored.duplicate) for stored in second] == [
+        (6, False), (3, True), (7, False), (7, True), (8, False)]
+    assert [stored.record["message_id"] for stored in second if not stored.duplicate] == ["C0", "C1", "C2"]
+    assert other.execute("SELECT message_id FROM receipts WHERE id > 5 ORDER BY id").fetchall() == [
+        ("C0",), ("C1",), ("C2",)]
+
+    # Nothing new at all.
+    third = insert_receipts(connection, [job("B0"), job("C2")])
+    assert [(stored.id, stored.duplicate) for stored in third] == [(1, True), (8, True)]
+    other.close()
+    connection.close()
 
 
 def test_a_lone_receipt_is_committed_at_once_with_no_batching_wait(tmp_path):
