@@ -459,10 +459,7 @@ class ReceiptStore:
 
     def submit(self, job: Job) -> Future[Any]:
         """From a thread: queue a job for the writer; the future resolves after its transaction committed."""
-        future: Future[Any] = Future()
-        if not self._enqueue(job, future, transactional=True):
-            future.set_exception(StorageUnavailable("dlrd is shutting down"))
-        return future
+        return self._enqueue_for_thread(job, transactional=True)
 
     def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """The event loop that `commit` callbacks and `committed` waiters run in."""
@@ -485,10 +482,8 @@ class ReceiptStore:
 
     def _hand_over(self) -> None:
         works, self._from_loop = self._from_loop, []
-        with self._lock:
-            if self._thread is not None:
-                self._queue.put(works)
-                return
+        if self._put(works):
+            return
         for _job, outcome, _transactional in works:
             outcome.set_exception(StorageUnavailable("dlrd is shutting down"))
         _deliver([outcome for _job, outcome, _transactional in works])  # type: ignore[misc]
@@ -509,11 +504,19 @@ class ReceiptStore:
         self.commit(job, settle, wanted=lambda: not waiter.done())
         return await waiter
 
-    def _enqueue(self, work: Callable[..., Any], outcome: Future[Any] | _Outcome, transactional: bool) -> bool:
+    def _enqueue_for_thread(self, work: Callable[..., Any], transactional: bool) -> Future[Any]:
+        """Queue work whose outcome a thread waits for on a Future."""
+        future: Future[Any] = Future()
+        if not self._put([(work, future, transactional)]):
+            future.set_exception(StorageUnavailable("dlrd is shutting down"))
+        return future
+
+    def _put(self, works: list[_Work]) -> bool:
+        """Queue works for the writer; False once the store is closing."""
         with self._lock:
             if self._thread is None:
                 return False
-            self._queue.put([(work, outcome, transactional)])
+            self._queue.put(works)
             return True
 
     def _wake(self, batch: list[_Work]) -> None:
@@ -531,10 +534,7 @@ class ReceiptStore:
     def reopen_journal(self, fsync: bool | None = None, rotation: Rotation | None = None) -> Future[None]:
         """Close and reopen receipts.jsonl between two batches (after an external logrotate moved it),
         taking new fsync and rotation settings when given (SIGHUP re-read the config)."""
-        future: Future[None] = Future()
-        if not self._enqueue(lambda: self.journal.reopen(fsync, rotation), future, transactional=False):
-            future.set_exception(StorageUnavailable("dlrd is shutting down"))
-        return future
+        return self._enqueue_for_thread(lambda: self.journal.reopen(fsync, rotation), transactional=False)
 
     def writer_alive(self) -> bool:
         """False once the writer thread died: the watchdog then stops feeding systemd."""

@@ -56,6 +56,16 @@ def assert_unavailable(answer: Answer) -> None:
     assert re.search(rb"<faultcode>[\w-]+:Server</faultcode>", answer.body), answer.body
 
 
+def assert_recovered_once(daemon, acknowledged: list[str]) -> None:
+    """A new receipt is stored again and /healthz is 200, with one failure line and one recovery line logged."""
+    after = new_id()
+    assert soap_report(post(daemon.address, receipt_body(after))) == 0
+    acknowledged.append(after)
+    assert health(daemon) == 200
+    log = daemon.log(since_start=True)
+    assert log.count(RECOVERED) == 1 and log.count(FAILING) == 1, log
+
+
 def test_database_locked_past_lock_timeout_answers_503_once_logged_and_recovers(daemon_factory):
     daemon = daemon_factory("[storage]\nlock_timeout = 0.3\n")
     stored_before = new_id()
@@ -127,12 +137,7 @@ def test_disk_full_answers_503_once_logged_and_recovers_when_space_returns(daemo
     assert daemon.process.poll() is None, "SIGXFSZ killed the daemon"
 
     _lift_file_size_limit(daemon.process.pid)
-    after = new_id()
-    assert soap_report(post(daemon.address, receipt_body(after))) == 0
-    acknowledged.append(after)
-    assert health(daemon) == 200
-    log = daemon.log(since_start=True)
-    assert log.count(RECOVERED) == 1 and log.count(FAILING) == 1, log
+    assert_recovered_once(daemon, acknowledged)
 
     stored = [row["message_id"] for row in daemon.rows("SELECT message_id FROM receipts ORDER BY id")]
     assert stored == acknowledged
@@ -222,12 +227,7 @@ def test_a_really_full_disk_answers_503_once_logged_and_recovers_when_space_is_a
                            "mount", "--options-source", "disable", "-o", "remount,size=8m", str(data)],
                           capture_output=True, timeout=30)
     assert grow.returncode == 0, grow.stderr
-    after = new_id()
-    assert soap_report(post(daemon.address, receipt_body(after))) == 0
-    acknowledged.append(after)
-    assert health(daemon) == 200
-    log = daemon.log(since_start=True)
-    assert log.count(RECOVERED) == 1 and log.count(FAILING) == 1, log
+    assert_recovered_once(daemon, acknowledged)
 
     # The files live in the daemon's mount namespace: read them from in there.
     read = subprocess.run(
