@@ -33,6 +33,8 @@ def summarise(raw: Path) -> str:
     totals: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():  # a thread sampled with no Python frame
+            continue
         frames = stack.split(";")
         thread = frames[0].split(": ", 1)[-1]
         samples = int(count)

@@ -46,20 +46,21 @@ class Application:
         /healthz and /metrics without also being allowed to POST receipts.
         """
         path = head.path
+        length = head.content_length
         if path in self.receipt_paths:
             if not self.sources.allows(client):
                 log.warning("refused %s: not in [auth] allow_from", client)
                 return self._refuse(403, "forbidden")
             if head.method != "POST":
                 return self._refuse(405, "receipts are POSTed here", [("Allow", "POST")])
-            if head.content_length is None and not head.chunked:
+            if length is None and not head.chunked:
                 return self._refuse(411, "a Content-Length or a chunked body is required")
         elif path in (HEALTH_PATH, METRICS_PATH):
             if head.method not in ("GET", "HEAD"):
                 return self._refuse(405, f"{path} answers GET", [("Allow", "GET, HEAD")])
         else:
             return self._refuse(404, "no such path")
-        if (head.content_length or 0) > self.max_body:
+        if (length or 0) > self.max_body:
             return self._refuse(413, f"the body is larger than max_body_bytes ({self.max_body})")
         return None
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from functools import cached_property
+from functools import lru_cache
 from http import HTTPStatus
+from typing import NoReturn
 
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEADER_BYTES = 16 * 1024
@@ -32,8 +33,10 @@ _REQUEST_LINE = re.compile(rb"([A-Z]{1,20}) ([\x21-\x7e]{1,8192}) HTTP/(\d)\.(\d
 # binary probe) is refused at once instead of waiting for request_timeout.
 _EMPTY_LINES = re.compile(rb"[\r\n]*")
 _METHOD_SO_FAR = re.compile(rb"[A-Z]{0,20}(?: |$)")
-# Bytes a header value may not hold: controls other than HTAB, and DEL.
-_CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# A header line as it may be: a token, a colon, and a value without
+# control bytes other than HTAB (no DEL either). Anything else is refused
+# by _refuse_header_line, which says why.
+_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\x00-\x08\x0a-\x1f\x7f]*)")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 
 
@@ -46,29 +49,36 @@ class HttpError(Exception):
         self.reason = reason
 
 
-@dataclass
 class RequestHead:
-    """A parsed request line and header block."""
+    """A parsed request line and header block.
 
-    method: str
-    target: str
-    version: tuple[int, int]
-    headers: dict[str, str] = field(default_factory=dict)
+    What every request needs from its headers (path, keep-alive, media
+    type, charset) is worked out once here: properties recomputed on each
+    use, or cached_property with its lock, cost the receipt path more.
+    """
 
-    @cached_property
-    def path(self) -> str:
-        return self.target.split("?", 1)[0]
+    __slots__ = ("charset", "headers", "keep_alive", "media_type", "method", "path", "target", "version")
+
+    def __init__(self, method: str, target: str, version: tuple[int, int], headers: dict[str, str]) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.path = target.partition("?")[0]
+        connection = headers.get("connection")
+        if connection is None:
+            self.keep_alive = version >= (1, 1)
+        else:
+            tokens = {token.strip().lower() for token in connection.split(",")}
+            self.keep_alive = "close" not in tokens if version >= (1, 1) else "keep-alive" in tokens
+        content_type = headers.get("content-type", "")
+        media_type, _, parameters = content_type.partition(";")
+        self.media_type = media_type.strip().lower()
+        self.charset = _charset(parameters) if parameters else None
 
     @property
     def query(self) -> str:
         return self.target.partition("?")[2]
-
-    @cached_property
-    def keep_alive(self) -> bool:
-        tokens = {token.strip().lower() for token in self.headers.get("connection", "").split(",")}
-        if self.version >= (1, 1):
-            return "close" not in tokens
-        return "keep-alive" in tokens
 
     @property
     def chunked(self) -> bool:
@@ -79,21 +89,18 @@ class RequestHead:
         value = self.headers.get("content-length")
         return None if value is None else int(value)
 
-    @cached_property
-    def media_type(self) -> str:
-        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-    @cached_property
-    def charset(self) -> str | None:
-        for parameter in self.headers.get("content-type", "").split(";")[1:]:
-            name, _, value = parameter.partition("=")
-            if name.strip().lower() == "charset":
-                return value.strip().strip('"').lower() or None
-        return None
-
     @property
     def expects_continue(self) -> bool:
         return self.headers.get("expect", "").lower() == "100-continue" and self.version >= (1, 1)
+
+
+def _charset(parameters: str) -> str | None:
+    """The charset parameter of a Content-Type, from the text after its first ';'."""
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower() or None
+    return None
 
 
 def _leading_empty_lines(buffer: bytes | bytearray) -> int:
@@ -109,7 +116,8 @@ def find_head_end(buffer: bytes | bytearray) -> int:
     """Index just past the blank line ending the head, or -1; bare LF line ends are tolerated."""
     start = _leading_empty_lines(buffer)
     crlf = buffer.find(b"\r\n\r\n", start)
-    lf = buffer.find(b"\n\n", start)
+    # Only a bare-LF blank line before the CRLF one could end the head sooner.
+    lf = buffer.find(b"\n\n", start, crlf + 2 if crlf >= 0 else len(buffer))
     ends = [index + width for index, width in ((crlf, 4), (lf, 2)) if index >= 0]
     return min(ends) if ends else -1
 
@@ -163,21 +171,21 @@ def parse_head(block: bytes) -> RequestHead:
     if len(block) > MAX_HEAD_BYTES or len(block) - len(lines[0]) - 1 > MAX_HEADER_BYTES:
         raise HttpError(431, "request headers too large")
 
-    header_lines = [line.rstrip(b"\r") for line in lines[1:] if line.rstrip(b"\r")]
     headers: dict[str, str] = {}
-    if len(header_lines) > MAX_HEADERS:
-        raise HttpError(431, "too many request headers")
-    for line in header_lines:
-        name, colon, value = line.partition(b":")
-        # RFC 9112 §5.2: obsolete line folding is refused; so are bytes a
-        # header value may not hold (a header-injection attempt).
-        if not colon or not _TOKEN.fullmatch(name):
-            raise HttpError(400, "malformed header line")
-        value = value.strip(b" \t")
-        if _CONTROL_BYTE.search(value):
-            raise HttpError(400, "control characters in a header value")
+    count = 0
+    for raw_line in lines[1:]:
+        line = raw_line.rstrip(b"\r")
+        if not line:
+            continue
+        count += 1
+        if count > MAX_HEADERS:
+            raise HttpError(431, "too many request headers")
+        match = _HEADER_LINE.fullmatch(line)
+        if match is None:
+            _refuse_header_line(line)
+        name, value = match.groups()  # type: ignore[union-attr]
         key = name.decode("ascii").lower()
-        text = value.decode("latin-1")
+        text = value.strip(b" \t").decode("latin-1")
         if key in headers:
             if key in ("content-length", "host", "transfer-encoding", "content-type"):
                 if key == "content-length" and headers[key] == text:
@@ -189,6 +197,16 @@ def parse_head(block: bytes) -> RequestHead:
     head = RequestHead(method, target, version, headers)
     _check_framing(head)
     return head
+
+
+def _refuse_header_line(line: bytes) -> NoReturn:
+    """Say what is wrong with a header line _HEADER_LINE did not match."""
+    name, colon, _value = line.partition(b":")
+    # RFC 9112 §5.2: obsolete line folding is refused; so are bytes a
+    # header value may not hold (a header-injection attempt).
+    if not colon or not _TOKEN.fullmatch(name):
+        raise HttpError(400, "malformed header line")
+    raise HttpError(400, "control characters in a header value")
 
 
 def _check_framing(head: RequestHead) -> None:
@@ -282,6 +300,7 @@ def http_date(now: float) -> str:
     return _date_cache[1]
 
 
+@lru_cache(maxsize=64)
 def reason_phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -292,11 +311,11 @@ def reason_phrase(status: int) -> str:
 def render_response(status: int, headers: list[tuple[str, str]], body: bytes, now: float,
                     keep_alive: bool) -> bytes:
     """The whole response as one buffer: one write, so Nagle never splits it."""
-    lines = [f"HTTP/1.1 {status} {reason_phrase(status)}", "Server: dlrd", f"Date: {http_date(now)}"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    lines.append(f"Content-Length: {len(body)}")
-    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    fields = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return (
+        f"HTTP/1.1 {status} {reason_phrase(status)}\r\nServer: dlrd\r\nDate: {http_date(now)}\r\n{fields}"
+        f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+    ).encode("latin-1") + body
 
 
 @dataclass

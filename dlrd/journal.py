@@ -40,6 +40,8 @@ _TAIL_BYTES = 64 * 1024
 _COPY_CHUNK = 1024 * 1024
 
 Clock = Callable[[], float]
+# One encoder for every line: json.dumps with separators builds a new one per call.
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def journal_line(row: dict[str, Any]) -> bytes:
@@ -48,7 +50,7 @@ def journal_line(row: dict[str, Any]) -> bytes:
     record["final"] = bool(record["final"])
     if row.get("tls_client"):
         record["tls_client"] = row["tls_client"]
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    return _LINE_ENCODER.encode(record).encode("utf-8") + b"\n"
 
 
 @dataclass(frozen=True)

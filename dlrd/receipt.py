@@ -87,9 +87,9 @@ def validate_fields(fields: Mapping[str, str], duplicates: tuple[str, ...] = ())
     """Turn the text of the envelope's fields into a Receipt, or say which rule broke."""
     if duplicates:
         raise InvalidReceipt(f"{duplicates[0]} appears more than once")
-    missing = [name for name in REQUIRED_FIELDS if not fields.get(name)]
-    if missing:
-        raise InvalidReceipt(f"{missing[0]} is missing or empty")
+    for name in REQUIRED_FIELDS:
+        if not fields.get(name):
+            raise InvalidReceipt(f"{name} is missing or empty")
 
     message_id = fields["MessageIdentifier"]
     if len(message_id) > MAX_MESSAGE_ID:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 from xml.sax.saxutils import escape, quoteattr
 
@@ -22,7 +23,7 @@ SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
 SOAP_ENCODING_NS = "http://schemas.xmlsoap.org/soap/encoding/"
 _VERSION_BY_NS: dict[str, SoapVersion] = {SOAP11_NS: "1.1", SOAP12_NS: "1.2"}
 OPERATION = "SubmitDeliveryReceipt"
-KNOWN_FIELDS = ("Username", "PIN", "SentTo", "Timestamp1", "MessageIdentifier", "Report")
+KNOWN_FIELDS = frozenset(("Username", "PIN", "SentTo", "Timestamp1", "MessageIdentifier", "Report"))
 # Each accepted spelling and the name libxml2 is given: it does not know
 # Python's "latin-1", which a Content-Type charset may well say.
 _CANONICAL_ENCODINGS = {
@@ -46,6 +47,8 @@ _PIN_ELEMENT = re.compile(
 # libxml2 appends "use XML_PARSE_HUGE option" to its limit errors: a switch
 # of the library, of no use to the sender and none of its business.
 _LIBRARY_ADVICE = re.compile(r",?\s*(?:use|try)\s+XML_PARSE_\w+(?:\s+option)?", re.IGNORECASE)
+# Text that xml_text would return unchanged: printable ASCII but & < >.
+_PLAIN_TEXT = re.compile(r"[\x20-\x25\x27-\x3b\x3d\x3f-\x7e]*")
 # XML 1.0 §2.2: characters no document may hold, even as a character reference.
 _NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -92,9 +95,9 @@ def _parser(encoding: str | None) -> etree.XMLParser:
     return parser
 
 
-def _local(tag: object) -> str:
-    """`{ns}name` -> `name`; comments and processing instructions have no name."""
-    return tag.rpartition("}")[2] if isinstance(tag, str) else ""
+def _local(tag: str) -> str:
+    """`{ns}name` -> `name`."""
+    return tag.rpartition("}")[2]
 
 
 def _namespace(tag: str) -> str | None:
@@ -108,7 +111,7 @@ def parse_envelope(body: bytes, charset: str | None = None, version_hint: SoapVe
     `charset` is the one from the Content-Type header; the XML declaration,
     when it names an encoding, wins, as XML 1.0 appendix F says.
     """
-    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+    if b"<!" in body and (b"<!DOCTYPE" in body or b"<!ENTITY" in body):
         raise EnvelopeRejected("DTDs and entity declarations are not allowed", version_hint)
     declared = _DECLARED_ENCODING.match(body)
     encoding = declared.group(1).decode("ascii").lower() if declared else None
@@ -129,26 +132,27 @@ def parse_envelope(body: bytes, charset: str | None = None, version_hint: SoapVe
         raise EnvelopeRejected("not well-formed XML", version_hint) from None
     if root is None:
         raise EnvelopeRejected("the body is empty", version_hint)
-    tree = root.getroottree()
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
         raise EnvelopeRejected("DTDs and entity declarations are not allowed", version_hint)
 
-    envelope_ns = _namespace(root.tag)
+    root_tag = root.tag
+    envelope_ns = _namespace(root_tag)
     version = _VERSION_BY_NS.get(envelope_ns or "")
-    if version is None or _local(root.tag) != "Envelope":
+    if version is None or _local(root_tag) != "Envelope":
         raise EnvelopeRejected("not a SOAP envelope", version_hint)
-    bodies = [child for child in root if child.tag == f"{{{envelope_ns}}}Body"]
+    bodies = list(root.iterchildren(f"{{{envelope_ns}}}Body"))
     if len(bodies) != 1:
         raise EnvelopeRejected("a SOAP envelope needs exactly one Body", version)
-    operations = [child for child in bodies[0] if isinstance(child.tag, str)]
+    operations = list(bodies[0].iterchildren(etree.Element))
     if len(operations) != 1 or _local(operations[0].tag) != OPERATION:
         raise EnvelopeRejected("the Body must hold exactly one SubmitDeliveryReceipt", version)
     operation = operations[0]
 
     fields: dict[str, str] = {}
     duplicates: list[str] = []
-    for child in operation:
-        name = _local(child.tag)
+    for child in operation.iterchildren(etree.Element):
+        name = child.tag.rpartition("}")[2]
         if name not in KNOWN_FIELDS:
             continue
         if name in fields:
@@ -191,6 +195,8 @@ def xml_text(text: str) -> str:
     one into a line feed; characters XML cannot carry at all become U+FFFD,
     so the answer stays well-formed whatever it echoes.
     """
+    if _PLAIN_TEXT.fullmatch(text):
+        return text  # the usual MessageIdentifier or Text: nothing to escape or replace
     return _NOT_XML_CHAR.sub("\ufffd", escape(text, {"\r": "&#13;"}))
 
 
@@ -200,9 +206,23 @@ def build_response(envelope: Envelope, message_id: str, report: int, text: str) 
     The response element lives in the request operation's namespace, so a
     sendsms2 sender gets sendsms2 back.
     """
-    version = envelope.soap_version
-    if envelope.operation_ns:
-        extra_ns = f"\nxmlns:ns1={quoteattr(envelope.operation_ns)}"
+    opening, element = _response_frame(envelope.soap_version, envelope.operation_ns)
+    return (
+        f"{opening}"
+        f'<MessageIdentifier xsi:type="xsd:string">{xml_text(message_id)}</MessageIdentifier>\n'
+        f'<Report xsi:type="xsd:int">{report}</Report>\n'
+        f'<Text xsi:type="xsd:string">{xml_text(text[:255])}</Text>\n'
+        f"</{element}>\n"
+        "</SOAP-ENV:Body>\n"
+        "</SOAP-ENV:Envelope>\n"
+    ).encode()
+
+
+@lru_cache(maxsize=32)
+def _response_frame(version: SoapVersion, operation_ns: str | None) -> tuple[str, str]:
+    """The response up to the operation's open tag, and the operation's name: the same for every receipt."""
+    if operation_ns:
+        extra_ns = f"\nxmlns:ns1={quoteattr(operation_ns)}"
         element = "ns1:SubmitDeliveryReceiptResponse"
     else:
         extra_ns = ""
@@ -210,17 +230,7 @@ def build_response(envelope: Envelope, message_id: str, report: int, text: str) 
     if version == "1.2":
         extra_ns += ' xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
         extra_ns += ' xmlns:xsd="http://www.w3.org/2001/XMLSchema"'
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        + _envelope_open(version, extra_ns)
-        + f"<{element}>\n"
-        f'<MessageIdentifier xsi:type="xsd:string">{xml_text(message_id)}</MessageIdentifier>\n'
-        f'<Report xsi:type="xsd:int">{report}</Report>\n'
-        f'<Text xsi:type="xsd:string">{xml_text(text[:255])}</Text>\n'
-        f"</{element}>\n"
-        "</SOAP-ENV:Body>\n"
-        "</SOAP-ENV:Envelope>\n"
-    ).encode("utf-8")
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n{_envelope_open(version, extra_ns)}<{element}>\n', element
 
 
 def build_fault(version: SoapVersion, sender_at_fault: bool, reason: str) -> bytes:
@@ -287,7 +297,7 @@ def parse_response(body: bytes) -> ParsedResponse:
     except (ValueError, LookupError):
         raise EnvelopeRejected("the response is not XML") from None
     texts: dict[str, str] = {}
-    for element in root.iter():
+    for element in root.iter(etree.Element):
         name = _local(element.tag)
         if name and name not in texts and len(element) == 0:
             texts[name] = (element.text or "").strip()
