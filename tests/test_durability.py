@@ -28,7 +28,7 @@ from wire import KeepAliveClient, post, receipt_body, soap_report, wait_for
 from dlrd.codes import ReportCode
 from dlrd.journal import JournalWriter
 from dlrd.receipt import Receipt
-from dlrd.store import ReceiptStore, connect, insert_receipt, insert_receipts, migrate
+from dlrd.store import MAX_BATCH, ReceiptStore, connect, insert_receipt, insert_receipts, migrate
 
 CYCLES = 5
 POSTERS = 8
@@ -184,6 +184,30 @@ def test_receipts_are_answered_only_after_the_one_commit_that_holds_them_all(tmp
     assert store.commits - commits == 2 and store.committed_jobs - jobs == 100
     assert [json.loads(text)["message_id"] for text in (tmp_path / "receipts.jsonl").read_text().splitlines()] == [
         f"HELD{number}" for number in range(100)]
+
+
+def test_a_queue_longer_than_one_statement_takes_is_committed_in_full_batches_in_order(tmp_path):
+    store = ReceiptStore(tmp_path / "dlrd.db", JournalWriter(tmp_path), lock_timeout=30)
+    store.open()
+    holder = sqlite3.connect(tmp_path / "dlrd.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        first = store.store_receipt(receipt("LONG0"), DELIVERED, "2026-11-24T22:00:00.000Z", "192.0.2.1")
+        with pytest.raises(FutureTimeout):
+            first.result(timeout=0.5)  # the writer is inside its transaction with this one alone
+        queued = [store.store_receipt(receipt(f"LONG{number}"), DELIVERED, "2026-11-24T22:00:00.000Z", "192.0.2.1")
+                  for number in range(1, 2 * MAX_BATCH + 76)]
+        commits = store.commits
+        holder.execute("ROLLBACK")
+        results = [first.result(timeout=30)] + [future.result(timeout=30) for future in queued]
+    finally:
+        holder.close()
+        store.close()
+    # One INSERT of MAX_BATCH rows binds 11 values per row: this SQLite takes it in full batches.
+    assert store.commits - commits == 4, "the held receipt, then two full batches and the rest"
+    assert [result.id for result in results] == list(range(1, 2 * MAX_BATCH + 77))
+    assert [json.loads(text)["id"] for text in (tmp_path / "receipts.jsonl").read_text().splitlines()] == [
+        result.id for result in results]
 
 
 def test_a_batch_in_one_statement_gives_each_receipt_its_own_id_and_finds_duplicates(tmp_path):
