@@ -13,7 +13,7 @@ from dlrd.auth import SourcePolicy
 from dlrd.config import Config
 from dlrd.http import Request, RequestHead, Response, plain_response
 from dlrd.metrics import Metrics
-from dlrd.receiver import ReceiptEndpoint, Respond
+from dlrd.receiver import RETRY_AFTER_SECONDS, ReceiptEndpoint, Respond
 from dlrd.store import ReceiptStore, probe_write
 
 log = logging.getLogger("dlrd.server")
@@ -74,6 +74,13 @@ class Application:
             respond(Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"))
         else:
             self.receipts.serve(request, respond)
+
+    def overdue(self, request: Request) -> Response:
+        """The answer for a request still waiting for storage after commit_timeout."""
+        if request.head.path in self.receipt_paths:
+            return self.receipts.overdue(request)
+        return plain_response(503, "storage did not answer in time; retry later", close=True,
+                              headers=[("Retry-After", RETRY_AFTER_SECONDS)])
 
     async def _health(self) -> Response:
         """200 only when a write transaction commits now: the database is writable."""

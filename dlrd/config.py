@@ -198,6 +198,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage", "lock_timeout", parse_seconds, "5",
             "Seconds to wait for a database locked by another program (a backup, an sqlite3 shell) before "
             "answering 503 with Retry-After; the provider then sends the receipt again."),
+    Setting("storage", "commit_timeout", parse_seconds, "15",
+            "Seconds a request may wait for its commit, whatever holds it up (a disk that hangs, a long "
+            "queue behind a locked database), before it is answered 503 with Retry-After and its connection "
+            "closed. The receipt is still stored if the commit completes later; the provider's retry then "
+            "gets 200 as a duplicate."),
     Setting("journal", "directory", parse_text, "",
             f"Directory of receipts.jsonl. Empty: $LOGS_DIRECTORY, or ./{DEFAULT_DATA_DIR}."),
     Setting("journal", "fsync", parse_bool, "no",

@@ -81,6 +81,7 @@ class ReceiptEndpoint:
         self.metrics = metrics
         self.credentials = credentials
         self.last_stored = 0.0
+        self.overdue_logged = False  # receipts waited past commit_timeout since commits last completed
 
     def serve(self, request: Request, respond: Respond) -> None:
         """Answer the request through `respond`: at once when refused, after the commit when stored.
@@ -136,6 +137,9 @@ class ReceiptEndpoint:
                 self.metrics.count("dlrd_receipts_stored_total")
                 self.last_stored = time.time()
                 respond(self._answer(media_type, envelope, receipt.message_id, 0, "stored"))
+            if stored is not None and self.overdue_logged:
+                log.warning("commits complete again after receipts waited past commit_timeout")
+                self.overdue_logged = False
 
         code = self.codes.lookup(receipt.report)
         self.store.commit(insert_receipt(receipt, code, received_at, request.remote_addr, request.tls_client),
@@ -155,6 +159,20 @@ class ReceiptEndpoint:
 
         self.store.commit(insert_quarantine(received_at, request.remote_addr, reason, request.head.media_type, body),
                           kept)
+
+    def overdue(self, request: Request) -> Response:
+        """A 503 for a receipt whose commit has not completed within commit_timeout; logged once per episode."""
+        self.metrics.count("dlrd_storage_failures_total")
+        if not self.overdue_logged:
+            log.error("receipts waited longer than commit_timeout for their commit (is the disk hanging?); "
+                      "answering 503 until commits complete again")
+            self.overdue_logged = True
+        media_type = request.head.media_type
+        response = fault_response(media_type, version_from_content_type(media_type), False,
+                                  "the receipt could not be stored durably in time; retry later", status=503)
+        response.headers.append(("Retry-After", RETRY_AFTER_SECONDS))
+        response.close = True
+        return response
 
     def _failure(self, request: Request, envelope: Envelope, error: BaseException | None) -> Response:
         """The answer when the store could not take the job: 503 to retry later, or 500 for a fault of ours."""

@@ -66,6 +66,7 @@ class Connection(asyncio.BufferedProtocol):
         self.state = IDLE
         self.deadline = 0.0
         self.head: RequestHead | None = None
+        self.request: Request | None = None  # the one being served, while BUSY
         self.decoder: ChunkedDecoder | None = None
         self.body_started = 0.0
         self.paused = False
@@ -192,7 +193,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _dispatch(self, head: RequestHead, body: bytes) -> None:
         self.state = BUSY
-        request = Request(head, body, self.remote_addr, self.client_cert)
+        self.deadline = time.monotonic() + self.server.commit_timeout
+        request = self.request = Request(head, body, self.remote_addr, self.client_cert)
         self.dispatching = True
         try:
             self.server.app.serve(request, lambda response: self._respond(request, response))
@@ -204,7 +206,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _respond(self, request: Request, response: Response) -> None:
         if self.state != BUSY:
-            return  # the client went away while its receipt was being committed
+            return  # the client went away, or was answered 503 past commit_timeout, while this was committed
+        self.request = None
         self._log_access(request.head, response)
         # A client that pipelined requests and then half-closed still gets
         # every answer: EOF ends the connection only once nothing is left.
@@ -283,10 +286,21 @@ class Connection(asyncio.BufferedProtocol):
     # timeouts
 
     def expire(self, now: float) -> None:
-        """Close the connection if its client let its deadline pass (called by the sweeper)."""
+        """Close the connection if its client let its deadline pass, or answer a request storage has held
+        past commit_timeout (called by the sweeper)."""
         if self.state == CLOSED:
             if self.linger_until and now >= self.linger_until and self.transport is not None:
                 self.transport.abort()
+            return
+        if self.state == BUSY:
+            if now >= self.deadline and self.request is not None:
+                # Storage has held this request past commit_timeout: answer
+                # now so the provider retries, and close, since the late
+                # outcome must not be taken for the next request's answer.
+                response = self.server.app.overdue(self.request)
+                self._log_access(self.request.head, response)
+                self.request = None
+                self._send(response, keep_alive=False)
             return
         if self.state == BODY:
             # A minimum transfer rate, not just an idle timer: a client
@@ -295,7 +309,7 @@ class Connection(asyncio.BufferedProtocol):
             deadline = self.body_started + self.server.request_timeout + received / self.server.min_body_rate
         else:
             deadline = self.deadline
-        if self.state not in (IDLE, HEAD, BODY) or now < deadline:
+        if now < deadline:
             return
         if self.state == IDLE:
             self.state = CLOSED
@@ -376,6 +390,7 @@ class HttpServer:
         self.max_body: int = config["server", "max_body_bytes"]
         self.request_timeout: float = config["server", "request_timeout"]
         self.keepalive_timeout: float = config["server", "keepalive_timeout"]
+        self.commit_timeout: float = config["storage", "commit_timeout"]
         self.min_body_rate: int = config["server", "min_body_rate"]
         self.access_log: bool = config["log", "access_log"]
         self.connections: set[Connection] = set()
@@ -434,8 +449,9 @@ class HttpServer:
         return True
 
     def reload(self, config: Config) -> None:
-        """Apply what SIGHUP may change without a restart: the certificate and the access log."""
+        """Apply what SIGHUP may change without a restart: the certificate, the access log, commit_timeout."""
         self.access_log = config["log", "access_log"]
+        self.commit_timeout = config["storage", "commit_timeout"]
         if self.tls is not None and config["server", "tls_cert"]:
             self.tls.reload(certificate_files(config))
 

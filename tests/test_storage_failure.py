@@ -257,3 +257,32 @@ def test_a_read_only_file_system_at_start_is_refused_with_the_reason(daemon):
     assert result.returncode == 3, result.stderr
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1 and "read-only" in message, message
+
+
+def test_a_commit_held_past_commit_timeout_answers_503_and_the_receipt_is_kept_when_it_completes(daemon_factory):
+    # The lock wait (30 s) outlasts commit_timeout (1 s): what a hanging disk looks like from the receipt's side.
+    daemon = daemon_factory("[storage]\nlock_timeout = 30\ncommit_timeout = 1\n")
+    holder = sqlite3.connect(daemon.data / "dlrd.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    held = [new_id(), new_id()]
+    try:
+        for message_id in held:
+            answer = post(daemon.address, receipt_body(message_id))
+            assert_unavailable(answer)
+            assert answer.header("connection") == "close"
+        assert metric(daemon, "dlrd_storage_failures_total") == 2
+        log = daemon.log(since_start=True)
+        assert log.count("waited longer than commit_timeout") == 1, log
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    # The held commits complete once the lock is gone: the receipts are kept, and
+    # the provider's retry is answered as a duplicate of the stored receipt.
+    wait_for(lambda: len(daemon.rows("SELECT id FROM receipts")) == 2, what="the held receipts committed")
+    retry = post(daemon.address, receipt_body(held[0]))
+    assert soap_report(retry) == 0 and b"duplicate" in retry.body
+    assert [line["message_id"] for line in daemon.journal()] == held
+    log = daemon.log(since_start=True)
+    assert log.count("commits complete again after") == 1, log
+    assert health(daemon) == 200
