@@ -20,7 +20,11 @@ import statistics
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from wire import KeepAliveClient, post, receipt_body, soap_report, wait_for
@@ -157,18 +161,35 @@ def receipt(message_id: str) -> Receipt:
                    timestamp_raw="2002-08-27T13:38:00Z", username=None, pin=None)
 
 
-def test_receipts_are_answered_only_after_the_one_commit_that_holds_them_all(tmp_path):
+def submit(store: ReceiptStore, message_id: str) -> Future:
+    return store.store_receipt(receipt(message_id), DELIVERED, "2026-11-24T22:00:00.000Z", "192.0.2.1")
+
+
+@contextmanager
+def writer_held_by_a_lock(tmp_path: Path, first_id: str) -> Iterator[tuple[ReceiptStore, sqlite3.Connection, Future]]:
+    """Another program holds the write lock, and the writer waits inside its transaction with one receipt alone.
+
+    Yields the store, the lock holder (ROLLBACK releases the writer) and the held receipt's future.
+    """
     store = ReceiptStore(tmp_path / "dlrd.db", JournalWriter(tmp_path), lock_timeout=30)
     store.open()
     holder = sqlite3.connect(tmp_path / "dlrd.db", isolation_level=None)
     try:
-        # Another program holds the write lock, so no commit can happen.
         holder.execute("BEGIN EXCLUSIVE")
-        first = store.store_receipt(receipt("HELD0"), DELIVERED, "2026-11-24T22:00:00.000Z", "192.0.2.1")
+        first = submit(store, first_id)
         with pytest.raises(FutureTimeout):
             first.result(timeout=0.5)
-        queued = [store.store_receipt(receipt(f"HELD{number}"), DELIVERED, "2026-11-24T22:00:00.000Z", "192.0.2.1")
-                  for number in range(1, 100)]
+        yield store, holder, first
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        store.close()
+
+
+def test_receipts_are_answered_only_after_the_one_commit_that_holds_them_all(tmp_path):
+    with writer_held_by_a_lock(tmp_path, "HELD0") as (store, holder, first):
+        queued = [submit(store, f"HELD{number}") for number in range(1, 100)]
         assert not any(future.done() for future in queued)
         commits, jobs = store.commits, store.committed_jobs
         holder.execute("ROLLBACK")
@@ -176,9 +197,6 @@ def test_receipts_are_answered_only_after_the_one_commit_that_holds_them_all(tmp
         # Answered means committed: another connection sees it at once.
         assert holder.execute("SELECT count(*) FROM receipts WHERE message_id = 'HELD0'").fetchone()[0] == 1
         results = [future.result(timeout=10) for future in queued]
-    finally:
-        holder.close()
-        store.close()
     assert len({result.id for result in results}) == 99
     # The first receipt's transaction was already waiting; the 99 that queued behind it share one.
     assert store.commits - commits == 2 and store.committed_jobs - jobs == 100
@@ -187,22 +205,11 @@ def test_receipts_are_answered_only_after_the_one_commit_that_holds_them_all(tmp
 
 
 def test_a_queue_longer_than_one_statement_takes_is_committed_in_full_batches_in_order(tmp_path):
-    store = ReceiptStore(tmp_path / "dlrd.db", JournalWriter(tmp_path), lock_timeout=30)
-    store.open()
-    holder = sqlite3.connect(tmp_path / "dlrd.db", isolation_level=None)
-    try:
-        holder.execute("BEGIN EXCLUSIVE")
-        first = store.store_receipt(receipt("LONG0"), DELIVERED, "2026-11-24T22:00:00.000Z", "192.0.2.1")
-        with pytest.raises(FutureTimeout):
-            first.result(timeout=0.5)  # the writer is inside its transaction with this one alone
-        queued = [store.store_receipt(receipt(f"LONG{number}"), DELIVERED, "2026-11-24T22:00:00.000Z", "192.0.2.1")
-                  for number in range(1, 2 * MAX_BATCH + 76)]
+    with writer_held_by_a_lock(tmp_path, "LONG0") as (store, holder, first):
+        queued = [submit(store, f"LONG{number}") for number in range(1, 2 * MAX_BATCH + 76)]
         commits = store.commits
         holder.execute("ROLLBACK")
         results = [first.result(timeout=30)] + [future.result(timeout=30) for future in queued]
-    finally:
-        holder.close()
-        store.close()
     # One INSERT of MAX_BATCH rows binds 11 values per row: this SQLite takes it in full batches.
     assert store.commits - commits == 4, "the held receipt, then two full batches and the rest"
     assert [result.id for result in results] == list(range(1, 2 * MAX_BATCH + 77))
