@@ -412,7 +412,7 @@ class ReceiptStore:
             self.database.parent.mkdir(parents=True, exist_ok=True)
             self._connection = connect(self.database, self.lock_timeout, self.synchronous)
             migrate(self._connection)
-            # A batch is one INSERT: it must not bind more values than this SQLite takes (999 before 3.32).
+            # A batch is one INSERT: it may not bind more values than this SQLite takes (999 before 3.32).
             self._max_batch = min(MAX_BATCH, self._connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
                                   // len(_RECEIPT_COLUMNS))
             position = self._connection.execute("SELECT last_id FROM journal_position").fetchone()[0]
@@ -628,7 +628,10 @@ class ReceiptStore:
             self._connection = connect(self.database, self.lock_timeout, self.synchronous)
         connection = self._connection
         now = time.monotonic()
-        if now < self._position_due and all(type(job) is ReceiptInsert for job in jobs):
+        # One INSERT for the batch when it may bind that many values; a longer batch (one loop
+        # iteration handed over more receipts) takes the statement-per-job path below.
+        if now < self._position_due and len(jobs) <= self._max_batch \
+                and all(type(job) is ReceiptInsert for job in jobs):
             return insert_receipts(connection, jobs)  # type: ignore[arg-type]
         connection.execute("BEGIN IMMEDIATE")
         try:
