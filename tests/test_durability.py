@@ -33,7 +33,7 @@ from wire import KeepAliveClient, post, receipt_body, soap_report, wait_for
 from dlrd.codes import ReportCode
 from dlrd.journal import JournalWriter
 from dlrd.receipt import Receipt
-from dlrd.store import MAX_BATCH, ReceiptStore, connect, insert_receipt, insert_receipts, migrate
+from dlrd.store import MAX_BATCH, VALUES_ROWS, ReceiptStore, connect, insert_receipt, insert_receipts, migrate
 
 CYCLES = 5
 POSTERS = 8
@@ -246,7 +246,7 @@ def test_more_receipts_from_one_loop_iteration_than_max_batch_share_one_transact
         store.close()
     assert [error for _result, error in outcomes.values()] == [None] * count
     assert [outcomes[number][0].id for number in range(count)] == list(range(1, count + 1))
-    # More rows than one INSERT binds on an SQLite older than 3.32: still one transaction, in order.
+    # The writer takes a hand-over whole, however long: one transaction, in order.
     assert store.commits == 1 and store.committed_jobs == count
     assert [json.loads(text)["message_id"] for text in (tmp_path / "receipts.jsonl").read_text().splitlines()] == [
         f"ITER{number}" for number in range(count)]
@@ -278,6 +278,13 @@ def test_a_batch_in_one_statement_gives_each_receipt_its_own_id_and_finds_duplic
     # Nothing new at all.
     third = insert_receipts(connection, [job("B0"), job("C2")])
     assert [(stored.id, stored.duplicate) for stored in third] == [(1, True), (8, True)]
+
+    # A batch past VALUES_ROWS travels as one JSON array: the same ids and duplicates.
+    large = [job(f"D{number}") for number in range(VALUES_ROWS)] + [job("C1"), job("D0"), job("E0")]
+    fourth = insert_receipts(connection, large)
+    assert [(stored.id, stored.duplicate) for stored in fourth] == [
+        *((9 + number, False) for number in range(VALUES_ROWS)), (7, True), (9, True), (9 + VALUES_ROWS, False)]
+    assert other.execute("SELECT message_id FROM receipts WHERE id = ?", (9 + VALUES_ROWS,)).fetchone() == ("E0",)
     other.close()
     connection.close()
 
