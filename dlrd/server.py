@@ -286,8 +286,7 @@ class Connection(asyncio.BufferedProtocol):
     # timeouts
 
     def expire(self, now: float) -> None:
-        """Close the connection if its client let its deadline pass, or answer a request storage has held
-        past commit_timeout (called by the sweeper)."""
+        """Act on a passed deadline (called by the sweeper): close a slow or idle client, answer a stuck commit."""
         if self.state == CLOSED:
             if self.linger_until and now >= self.linger_until and self.transport is not None:
                 self.transport.abort()
