@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from tls_certs import make_pki
-from wire import connect, exchange, post, read_one, seed_request, wait_for
+from wire import connect, exchange, post, read_one, receipt_body, seed_request, soap_report, wait_for
 
 
 @pytest.fixture
@@ -246,3 +246,15 @@ def test_post_helper_still_works_over_plain_http(daemon_factory, pki):
     """HTTP beside HTTPS: the plain listener answers a normal POST unchanged."""
     daemon = start_tls_daemon(daemon_factory, pki)
     assert post(daemon.address, seed_request().split(b"\r\n\r\n", 1)[1]).status == 200
+
+
+def test_a_body_larger_than_one_read_arrives_whole_over_https_and_http(daemon_factory, pki):
+    # 300 KiB of trailing whitespace (allowed after the root element) takes many reads of the
+    # daemon's 64 KiB buffer, and TLS records of 16 KiB each fill it completely.
+    daemon = start_tls_daemon(daemon_factory, pki, "max_body_bytes = 1m")
+    padding = b"\n" * (300 * 1024)
+    https = post(https_address(daemon), receipt_body("BIGTLS") + padding, tls=pki.client_context())
+    plain = post(daemon.address, receipt_body("BIGHTTP") + padding)
+    assert soap_report(https) == 0 and soap_report(plain) == 0
+    assert [row["message_id"] for row in daemon.rows("SELECT message_id FROM receipts ORDER BY id")] == [
+        "BIGTLS", "BIGHTTP"]
