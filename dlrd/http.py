@@ -116,8 +116,7 @@ def find_head_end(buffer: bytes | bytearray) -> int:
     """Index just past the blank line ending the head, or -1; bare LF line ends are tolerated."""
     start = _leading_empty_lines(buffer)
     crlf = buffer.find(b"\r\n\r\n", start)
-    # Only a bare-LF blank line before the CRLF one could end the head sooner.
-    lf = buffer.find(b"\n\n", start, crlf + 2 if crlf >= 0 else len(buffer))
+    lf = buffer.find(b"\n\n", start)
     ends = [index + width for index, width in ((crlf, 4), (lf, 2)) if index >= 0]
     return min(ends) if ends else -1
 

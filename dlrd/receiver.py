@@ -71,6 +71,13 @@ def fault_response(media_type: str, version: SoapVersion, sender_at_fault: bool,
                     response_content_type(media_type, version))
 
 
+def unavailable_response(media_type: str, version: SoapVersion, reason: str) -> Response:
+    """503 with Retry-After and a Server fault: storage could not take the receipt, the provider retries."""
+    response = fault_response(media_type, version, False, reason, status=503)
+    response.headers.append(("Retry-After", RETRY_AFTER_SECONDS))
+    return response
+
+
 class ReceiptEndpoint:
     """Turns a POSTed SubmitDeliveryReceipt into a stored receipt and an answer."""
 
@@ -168,9 +175,8 @@ class ReceiptEndpoint:
                       "answering 503 until commits complete again")
             self.overdue_logged = True
         media_type = request.head.media_type
-        response = fault_response(media_type, version_from_content_type(media_type), False,
-                                  "the receipt could not be stored durably in time; retry later", status=503)
-        response.headers.append(("Retry-After", RETRY_AFTER_SECONDS))
+        response = unavailable_response(media_type, version_from_content_type(media_type),
+                                        "the receipt could not be stored durably in time; retry later")
         response.close = True
         return response
 
@@ -179,10 +185,8 @@ class ReceiptEndpoint:
         media_type = request.head.media_type
         if isinstance(error, StorageUnavailable):
             self.metrics.count("dlrd_storage_failures_total")
-            response = fault_response(media_type, envelope.soap_version, False,
-                                      "the receipt could not be stored durably; retry later", status=503)
-            response.headers.append(("Retry-After", RETRY_AFTER_SECONDS))
-            return response
+            return unavailable_response(media_type, envelope.soap_version,
+                                        "the receipt could not be stored durably; retry later")
         log.error("internal error while storing a request from %s", request.remote_addr, exc_info=error)
         return plain_response(500, "internal error", close=True)
 
