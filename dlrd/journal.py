@@ -108,6 +108,16 @@ def read_lines(path: Path) -> list[bytes]:
     return [line for line in lines[:-1] if line.strip()]
 
 
+def _read_lines_or_gzipped(path: Path) -> list[bytes]:
+    """read_lines, or of the .gz the housekeeper turned a plain rotated file into while it was looked for."""
+    try:
+        return read_lines(path)
+    except FileNotFoundError:
+        if path.name.endswith(".gz"):
+            raise
+        return read_lines(path.with_name(path.name + ".gz"))
+
+
 def _last_id(lines: Iterable[bytes]) -> int:
     for line in reversed(list(lines)):
         try:
@@ -137,7 +147,7 @@ class JournalWriter:
         self.fsync = fsync
         self.rotation = rotation or Rotation()
         self.clock = clock
-        self.rotated = RotatedFiles(directory, self.rotation, fsync)
+        self.rotated = RotatedFiles(directory, self.rotation)
         self._file: Any = None
         self._next_rollover: float | None = None
         self._last_stamp = 0
@@ -162,13 +172,27 @@ class JournalWriter:
         """Close and reopen receipts.jsonl by name (an external logrotate may have moved it),
         taking new settings when given."""
         if fsync is not None:
-            self.fsync = self.rotated.fsync = fsync
+            self.fsync = fsync
         if rotation is not None and rotation != self.rotation:
             self.rotation = self.rotated.rotation = rotation
             self._next_rollover = None
             self.rotated.start()
-        self._close_file()
-        self._open_file()
+        try:
+            self.sync()  # an external logrotate moved the file: its lines go to disk before dlrd lets go of it
+        finally:
+            # Reopened even when that failed, and the failure raised after, so
+            # the store records no position past lines that may not be on disk.
+            self._close_file()
+            self._open_file()
+
+    def sync(self) -> None:
+        """Put every line appended so far on disk, whatever `fsync` says.
+
+        The store records the journal's position in the database only after
+        this, so the position never names a line a power cut could still take.
+        """
+        if self._file is not None:
+            os.fdatasync(self._file.fileno())
 
     def append(self, lines: Iterable[bytes]) -> None:
         """Write the lines in one call, so a reader never sees half a batch mid-line.
@@ -213,7 +237,7 @@ class JournalWriter:
             return found
         for path in reversed(rotated_files(self.directory)):
             try:
-                found = _last_id(read_lines(path))
+                found = _last_id(_read_lines_or_gzipped(path))
             except (OSError, EOFError, zlib.error):
                 continue
             if found:
@@ -258,8 +282,9 @@ class JournalWriter:
         now_ms = int(self.clock() * 1000)
         stamp = max(now_ms, self._last_stamp + 1)
         target = self.directory / rotated_name(stamp)
-        if self.fsync:
-            os.fsync(self._file.fileno())
+        # Synced even with fsync = no (once per rotation): the database's
+        # journal position may already count these lines.
+        os.fdatasync(self._file.fileno())
         os.rename(self.path, target)
         self._last_stamp = stamp
         self._close_file()
@@ -309,17 +334,21 @@ class JournalWriter:
         return _last_id(tail.split(b"\n")[:-1])
 
     def _drop_partial_line(self) -> None:
+        """Cut the file back to its last newline: a crash can leave half a line, a power cut a run of zeros."""
         try:
             with open(self.path, "r+b") as handle:
-                size = handle.seek(0, os.SEEK_END)
-                if size == 0:
-                    return
-                handle.seek(max(0, size - _TAIL_BYTES))
-                tail = handle.read()
-                if tail.endswith(b"\n"):
-                    return
-                cut = tail.rfind(b"\n")
-                handle.truncate(size - len(tail) + cut + 1 if cut >= 0 else max(0, size - len(tail)))
+                size = end = handle.seek(0, os.SEEK_END)
+                while end > 0:
+                    start = max(0, end - _TAIL_BYTES)
+                    handle.seek(start)
+                    chunk = handle.read(end - start)
+                    cut = chunk.rfind(b"\n")
+                    if cut >= 0:
+                        end = start + cut + 1
+                        break
+                    end = start
+                if end < size:
+                    handle.truncate(end)
         except FileNotFoundError:
             return
 
@@ -331,10 +360,9 @@ class RotatedFiles:
     rotation, in its own thread, so compressing never delays a receipt.
     """
 
-    def __init__(self, directory: Path, rotation: Rotation, fsync: bool = False) -> None:
+    def __init__(self, directory: Path, rotation: Rotation) -> None:
         self.directory = directory
         self.rotation = rotation
-        self.fsync = fsync
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -398,9 +426,9 @@ class RotatedFiles:
                         out.write(chunk)
                 if self._stopping:
                     raise InterruptedError("stopping")
-                if self.fsync:
-                    raw.flush()
-                    os.fsync(raw.fileno())
+                # Whatever `fsync` says: the plain file is about to be deleted.
+                raw.flush()
+                os.fsync(raw.fileno())
             os.rename(temporary, target)
             path.unlink()
         except OSError as error:

@@ -120,6 +120,12 @@ _FIND_RECEIPT = "SELECT id FROM receipts WHERE message_id = ? AND sent_to = ? AN
 
 
 _PROBE_RECEIPT = ("", "dlrd-health-probe", "", 0, "", "", "", "", 0, "", None)
+# A row that holds an id in place inside one transaction, so that the
+# receipts after it get higher ids (SQLite gives a new row the largest id
+# plus one); deleted again before the commit, so no reader ever sees it.
+_HOLD_ID = (f"INSERT INTO receipts (id, {', '.join(_RECEIPT_COLUMNS)}) "
+            f"VALUES (?, {', '.join('?' for _ in _RECEIPT_COLUMNS)})")
+_ID_HOLDER = ("", "dlrd-id-placeholder", "", 0, "", "", "", "", 0, "", None)
 
 
 class ReceiptInsert:
@@ -325,9 +331,12 @@ _STORAGE_CODES = _LOCKED_CODES | {
     sqlite3.SQLITE_NOTADB,
 }
 JOURNAL_CHUNK = 1000
-# How stale journal_position may grow: it only stands in for the journal's
-# last line when the journal files are gone, and a stale one journals a
-# few receipts twice, which the id on every line lets readers drop.
+# How stale journal_position may grow. It counts only lines known to be on
+# disk (the journal is synced before it is recorded), and at start it
+# stands in for lines the files no longer show (an external logrotate moved
+# them away); a stale one journals a few receipts twice, which the id on
+# every line lets readers drop. It is recorded exactly at a clean stop and
+# at each reopen.
 POSITION_SECONDS = 1.0
 CHECKPOINT_SECONDS = 0.25
 _LOW_DISK_BYTES = 1024 * 1024
@@ -413,6 +422,7 @@ class ReceiptStore:
         self._thread: threading.Thread | None = None
         self._connection: sqlite3.Connection | None = None
         self._journaled_id = 0
+        self._id_floor = 0  # when the journal is ahead of the database: the id new receipts must follow
         self._position_due = 0.0
         self._condition: StorageCondition | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -426,15 +436,17 @@ class ReceiptStore:
             migrate(self._connection)
             position = self._connection.execute("SELECT last_id FROM journal_position").fetchone()[0]
             self.journal.open()
-            # The file's own last line is the truth (a power cut may have cut lines the position counts);
-            # the position only stands in when no journal line is left, so moving the files away does not
-            # journal the whole database again.
-            self._journaled_id = self.journal.last_id() or position
+            # The files' last line and the position each may be the further: a power cut can take lines the
+            # files showed (fsync = no), never lines the position counts, and an external logrotate moves
+            # counted lines out of sight. The further one is where journaling goes on.
+            self._journaled_id = max(self.journal.last_id(), position)
             newest = self._connection.execute("SELECT coalesce(max(id), 0) FROM receipts").fetchone()[0]
             if self._journaled_id > newest:
+                # Reusing the journal's ids would make readers drop new receipts as repeats.
                 log.warning("the journal names receipt id %d but the database ends at %d (restored from a "
-                            "backup?); journaling new receipts from id %d on", self._journaled_id, newest, newest + 1)
-                self._journaled_id = newest
+                            "backup?); new receipts get ids from %d on, so that no id means two receipts",
+                            self._journaled_id, newest, self._journaled_id + 1)
+                self._id_floor = self._journaled_id
         except (sqlite3.Error, OSError) as error:
             self._disconnect()
             self.journal.close()
@@ -455,6 +467,7 @@ class ReceiptStore:
                 self._queue.put(None)
         if thread is not None:
             thread.join()
+            self._record_position()
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
@@ -547,7 +560,7 @@ class ReceiptStore:
     def reopen_journal(self, fsync: bool | None = None, rotation: Rotation | None = None) -> Future[None]:
         """Close and reopen receipts.jsonl between two batches (after an external logrotate moved it),
         taking new fsync and rotation settings when given (SIGHUP re-read the config)."""
-        return self._enqueue_for_thread(lambda: self.journal.reopen(fsync, rotation), transactional=False)
+        return self._enqueue_for_thread(lambda: self._reopen_journal(fsync, rotation), transactional=False)
 
     def writer_alive(self) -> bool:
         """False once the writer thread died: the watchdog then stops feeding systemd."""
@@ -637,12 +650,19 @@ class ReceiptStore:
             self._connection = connect(self.database, self.lock_timeout, self.synchronous)
         connection = self._connection
         now = time.monotonic()
-        if now < self._position_due and all(type(job) is ReceiptInsert for job in jobs):
+        if now < self._position_due and not self._id_floor and all(type(job) is ReceiptInsert for job in jobs):
             return insert_receipts(connection, jobs)  # type: ignore[arg-type]
+        position = self._durable_position()
+        floor = self._id_floor
         connection.execute("BEGIN IMMEDIATE")
         try:
+            if floor:
+                connection.execute(_HOLD_ID, (floor, *_ID_HOLDER))
             results = [job(connection) for job in jobs]
-            connection.execute("UPDATE journal_position SET last_id = ?", (self._journaled_id,))
+            if floor:
+                connection.execute("DELETE FROM receipts WHERE id = ?", (floor,))
+            if position is not None:
+                connection.execute("UPDATE journal_position SET last_id = ?", (position,))
             connection.execute("COMMIT")
             self._position_due = now + POSITION_SECONDS
         except BaseException:
@@ -652,7 +672,31 @@ class ReceiptStore:
                 except sqlite3.Error:
                     self._disconnect()
             raise
+        if floor and any(isinstance(result, StoredReceipt) and not result.duplicate for result in results):
+            self._id_floor = 0  # a stored receipt now holds the largest id itself
         return results
+
+    def _durable_position(self) -> int | None:
+        """The journal position to record: the last line on disk. None when the journal cannot be synced."""
+        try:
+            self.journal.sync()
+        except OSError:
+            return None
+        return self._journaled_id
+
+    def _record_position(self) -> None:
+        """Record the exact journal position (at a clean stop, after a reopen), so a restart journals nothing twice."""
+        position = self._durable_position()
+        if position is None or self._connection is None or self._condition is not None:
+            return  # failing storage would only make the stop wait for lock_timeout
+        try:
+            self._connection.execute("UPDATE journal_position SET last_id = ?", (position,))
+        except sqlite3.Error as error:
+            log.debug("could not record the journal position: %s", error)
+
+    def _reopen_journal(self, fsync: bool | None, rotation: Rotation | None) -> None:
+        self.journal.reopen(fsync, rotation)
+        self._record_position()
 
     def _journal_committed(self, batch: list[StoredReceipt] | None = None, at_start: bool = False) -> None:
         """Journal every committed receipt not journaled yet; on failure, hold them until it works.

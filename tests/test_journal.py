@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -23,6 +24,7 @@ import pytest
 from wire import KeepAliveClient, post, receipt_body, soap_report, wait_for
 
 from dlrd import journal as journal_module
+from dlrd import store as store_module
 from dlrd.codes import ReportCode
 from dlrd.journal import JournalWriter, Rotation, journal_files, read_lines
 from dlrd.receipt import Receipt
@@ -218,6 +220,83 @@ def test_fsync_setting_syncs_every_append(tmp_path, monkeypatch):
         assert len(synced) == expected
 
 
+def test_a_run_of_zeros_longer_than_one_read_is_cut_back_to_the_last_whole_line(tmp_path):
+    writer = JournalWriter(tmp_path)
+    writer.open()
+    writer.append([line(1), line(2)])
+    writer.close()
+    # What a power cut can leave with delayed allocation: the size grew, the blocks read back as zeros.
+    with open(tmp_path / "receipts.jsonl", "ab") as handle:
+        handle.write(b"\0" * 200_000)
+    writer = JournalWriter(tmp_path)
+    writer.open()
+    assert writer.last_id() == 2
+    writer.append([line(3)])
+    writer.close()
+    assert (tmp_path / "receipts.jsonl").read_bytes() == line(1) + line(2) + line(3)
+
+
+def test_last_id_reads_the_gzipped_file_the_housekeeper_made_while_it_looked(tmp_path, monkeypatch):
+    plain = tmp_path / "receipts-20261124T221700.123Z.jsonl"
+    plain.with_name(plain.name + ".gz").write_bytes(gzip.compress(line(7) + line(8)))
+    (tmp_path / "receipts.jsonl").touch()
+    # The listing was taken while the file was still plain; it was compressed and deleted before being read.
+    monkeypatch.setattr(journal_module, "rotated_files", lambda directory: [plain])
+    assert JournalWriter(tmp_path).last_id() == 8
+
+
+def test_rotation_and_compression_reach_the_disk_even_with_fsync_off(tmp_path, monkeypatch):
+    synced: list[str] = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+
+    def record(real):
+        return lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))
+
+    monkeypatch.setattr(journal_module.os, "fsync", record(real_fsync))
+    monkeypatch.setattr(journal_module.os, "fdatasync", record(real_fdatasync))
+    writer = JournalWriter(tmp_path, fsync=False, rotation=Rotation(max_bytes=1024 * 1024, compress=True))
+    writer.open()
+    try:
+        writer.append([line(1)])
+        assert synced == []  # appends are not synced with fsync = no
+        assert writer.rotate_if_due(incoming=1024 * 1024)
+        wait_for(lambda: list(tmp_path.glob("receipts-*.jsonl.gz")), 10, "the rotated file to be gzipped")
+    finally:
+        writer.close()
+    # The rotated file before its rename (the store's position may count its lines), the .gz before the
+    # plain file is deleted.
+    assert [Path(path).name for path in synced if ".gz" not in path] == ["receipts.jsonl"]
+    assert any(path.endswith(".jsonl.gz.tmp") for path in synced)
+
+
+def test_the_recorded_journal_position_never_counts_a_line_not_yet_on_disk(tmp_path, monkeypatch):
+    """A power cut with fsync = no may take lines the files showed; the position must not count them."""
+    on_disk = [0]  # the last id in receipts.jsonl at its latest sync
+    real_sync = JournalWriter.sync
+
+    def sync(self):
+        real_sync(self)
+        on_disk[0] = self.last_id()
+
+    monkeypatch.setattr(JournalWriter, "sync", sync)
+    monkeypatch.setattr(store_module, "POSITION_SECONDS", 0.0)  # record the position at every commit
+    store = ReceiptStore(tmp_path / "dlrd.db", JournalWriter(tmp_path, fsync=False))
+    store.open()
+    positions = []
+    try:
+        for number in range(5):
+            store.store_receipt(receipt(f"POS{number}"), DELIVERED, "2026-11-24T22:00:00.000Z",
+                                "192.0.2.1").result(10)
+            with sqlite3.connect(tmp_path / "dlrd.db") as connection:
+                positions.append(connection.execute("SELECT last_id FROM journal_position").fetchone()[0])
+            assert positions[-1] <= on_disk[0]
+    finally:
+        store.close()
+    assert positions == [0, 1, 2, 3, 4]  # each commit records the lines before it, synced first
+    with sqlite3.connect(tmp_path / "dlrd.db") as connection:
+        assert connection.execute("SELECT last_id FROM journal_position").fetchone()[0] == 5  # exact at a stop
+
+
 # at least once, against a real daemon
 
 
@@ -289,6 +368,51 @@ def test_sighup_reopens_the_journal_after_an_external_logrotate(daemon):
         assert soap_report(post(daemon.address, receipt_body(message_id))) == 0
     assert [json.loads(text)["message_id"] for text in moved.read_text().splitlines()] == ["OLD1", "OLD2"]
     assert [line["message_id"] for line in daemon.journal()] == ["NEW1", "NEW2"]
+
+
+def test_a_clean_restart_after_an_external_logrotate_journals_nothing_twice(daemon):
+    for message_id in ("OLD1", "OLD2", "OLD3"):
+        assert soap_report(post(daemon.address, receipt_body(message_id))) == 0
+    moved = daemon.data / "receipts.jsonl.1"
+    os.rename(daemon.data / "receipts.jsonl", moved)
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for((daemon.data / "receipts.jsonl").exists, 10, "a new receipts.jsonl after SIGHUP")
+    assert daemon.stop() == 0
+    daemon.start()
+    assert soap_report(post(daemon.address, receipt_body("NEW1"))) == 0
+    assert "caught up" not in daemon.log(since_start=True)
+    assert [json.loads(text)["message_id"] for text in moved.read_text().splitlines()] == ["OLD1", "OLD2", "OLD3"]
+    assert [(line["id"], line["message_id"]) for line in daemon.journal()] == [(4, "NEW1")]
+
+
+def test_a_database_restored_from_a_backup_never_gives_a_journaled_id_to_another_receipt(daemon):
+    for message_id in ("A0", "A1", "A2"):
+        assert soap_report(post(daemon.address, receipt_body(message_id))) == 0
+    assert daemon.stop() == 0
+    backup = daemon.directory / "backup.db"
+    with daemon.db() as connection, sqlite3.connect(backup) as copy:
+        connection.backup(copy)
+    daemon.start()
+    for message_id in ("B0", "B1", "B2"):
+        assert soap_report(post(daemon.address, receipt_body(message_id))) == 0
+    assert daemon.stop() == 0
+    for suffix in ("", "-wal", "-shm"):
+        (daemon.data / f"dlrd.db{suffix}").unlink(missing_ok=True)
+    shutil.copy(backup, daemon.data / "dlrd.db")  # the operator restores last night's backup
+    daemon.start()
+    assert "new receipts get ids from 7 on" in daemon.log(since_start=True)
+    # A repeat of a restored receipt stores nothing, so the next new one still starts after the journal.
+    assert soap_report(post(daemon.address, receipt_body("A0"))) == 0
+    for message_id in ("C0", "C1"):
+        assert soap_report(post(daemon.address, receipt_body(message_id))) == 0
+    assert daemon.stop() == 0
+    daemon.start()
+    assert soap_report(post(daemon.address, receipt_body("C2"))) == 0
+    assert [tuple(row) for row in daemon.rows("SELECT id, message_id FROM receipts ORDER BY id")] == [
+        (1, "A0"), (2, "A1"), (3, "A2"), (7, "C0"), (8, "C1"), (9, "C2")]
+    lines = daemon.journal()
+    assert [line["id"] for line in lines] == [1, 2, 3, 4, 5, 6, 7, 8, 9]  # no id names two receipts
+    assert [line["message_id"] for line in lines[-3:]] == ["C0", "C1", "C2"]
 
 
 @pytest.mark.skipif(shutil.which("tail") is None, reason="needs tail(1)")
