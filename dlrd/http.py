@@ -325,6 +325,10 @@ class Request:
     body: bytes
     remote_addr: str
     tls_client: str | None = None
+    # For an answer given before the commit completed (commit_timeout):
+    # the SOAP version the endpoint read, and that it was given.
+    soap_version: str | None = None
+    overdue: bool = False
 
 
 @dataclass

@@ -105,6 +105,7 @@ class ReceiptEndpoint:
             self.metrics.count("dlrd_requests_refused_total", status="fault", reason="not-a-receipt")
             respond(fault_response(media_type, rejected.soap_version, True, rejected.reason))
             return
+        request.soap_version = envelope.soap_version
         if self.credentials.required and not self.credentials.accept(envelope.fields):
             self._refuse_credentials(request, envelope, respond)
             return
@@ -113,12 +114,11 @@ class ReceiptEndpoint:
     def _refuse_credentials(self, request: Request, envelope: Envelope, respond: Respond) -> None:
         """Same fault whichever credential was wrong; the request is kept in case the config was the mistake."""
         username = envelope.fields.get("Username", "")
-        log.warning("authentication failed for a receipt from %s (Username %r); quarantined",
-                    request.remote_addr, username[:40])
         self.metrics.count("dlrd_auth_failures_total")
         fault = fault_response(request.head.media_type, envelope.soap_version, True, "authentication failed")
         self._quarantine(request, envelope, received_now(), "authentication failed", "authentication",
-                         fault, respond)
+                         fault, respond, "authentication failed for a receipt from %s (Username %r); quarantined",
+                         request.remote_addr, username[:40])
 
     def _store(self, request: Request, envelope: Envelope, respond: Respond) -> None:
         media_type = request.head.media_type
@@ -128,10 +128,10 @@ class ReceiptEndpoint:
             receipt = validate_fields(envelope.fields, envelope.duplicates)
         except InvalidReceipt as invalid:
             reason = str(invalid)
-            log.warning("quarantined a receipt from %s (MessageIdentifier %r): %s",
-                        request.remote_addr, message_id[:40], reason)
             self._quarantine(request, envelope, received_at, reason, "invalid-field",
-                             self._answer(media_type, envelope, message_id, -1, reason), respond)
+                             self._answer(media_type, envelope, message_id, -1, reason), respond,
+                             "quarantined a receipt from %s (MessageIdentifier %r): %s",
+                             request.remote_addr, message_id[:40], reason)
             return
 
         def committed(stored: StoredReceipt | None, error: BaseException | None) -> None:
@@ -153,14 +153,20 @@ class ReceiptEndpoint:
                           committed)
 
     def _quarantine(self, request: Request, envelope: Envelope, received_at: str, reason: str, kind: str,
-                    answer: Response, respond: Respond) -> None:
-        """Keep the request, PIN redacted, for replay, then send `answer`; 503 if the database cannot take it."""
+                    answer: Response, respond: Respond, note: str, *note_args: object) -> None:
+        """Keep the request, PIN redacted, for replay, then send `answer`; 503 if the database cannot take it.
+
+        `note` (a format for `note_args`) is logged once the request is
+        kept: a 503 has already been reported by the store, and saying
+        "quarantined" then would send the operator to an empty table.
+        """
         body = redact_pin(request.body, envelope.fields.get("PIN"))
 
         def kept(_quarantine_id: int | None, error: BaseException | None) -> None:
             if error is not None:
                 respond(self._failure(request, envelope, error))
                 return
+            log.warning(note, *note_args)
             self.metrics.count("dlrd_receipts_quarantined_total", reason=kind)
             respond(answer)
 
@@ -175,7 +181,8 @@ class ReceiptEndpoint:
                       "answering 503 until commits complete again")
             self.overdue_logged = True
         media_type = request.head.media_type
-        response = unavailable_response(media_type, version_from_content_type(media_type),
+        version = request.soap_version or version_from_content_type(media_type)
+        response = unavailable_response(media_type, version,  # type: ignore[arg-type]
                                         "the receipt could not be stored durably in time; retry later")
         response.close = True
         return response
@@ -184,7 +191,8 @@ class ReceiptEndpoint:
         """The answer when the store could not take the job: 503 to retry later, or 500 for a fault of ours."""
         media_type = request.head.media_type
         if isinstance(error, StorageUnavailable):
-            self.metrics.count("dlrd_storage_failures_total")
+            if not request.overdue:  # else it was counted when answered at commit_timeout
+                self.metrics.count("dlrd_storage_failures_total")
             return unavailable_response(media_type, envelope.soap_version,
                                         "the receipt could not be stored durably; retry later")
         log.error("internal error while storing a request from %s", request.remote_addr, exc_info=error)

@@ -296,6 +296,7 @@ class Connection(asyncio.BufferedProtocol):
                 # Storage has held this request past commit_timeout: answer
                 # now so the provider retries, and close, since the late
                 # outcome must not be taken for the next request's answer.
+                self.request.overdue = True
                 response = self.server.app.overdue(self.request)
                 self._log_access(self.request.head, response)
                 self.request = None

@@ -23,12 +23,15 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 from wire import Answer, post, receipt_body, soap_report, wait_for
 
 FAILING = "storage cannot commit receipts"
 RECOVERED = "storage commits again"
+
+ENVELOPES = Path(__file__).resolve().parent / "envelopes"
 
 
 def new_id() -> str:
@@ -77,10 +80,13 @@ def test_database_locked_past_lock_timeout_answers_503_once_logged_and_recovers(
     try:
         for message_id in refused:
             assert_unavailable(post(daemon.address, receipt_body(message_id)))
+        # An invalid receipt cannot be quarantined either: 503 too, and no log line claims it was.
+        assert_unavailable(post(daemon.address, (ENVELOPES / "bad_sent_to.xml").read_bytes()))
         assert health(daemon) == 503
         assert metric(daemon, "dlrd_storage_healthy") == 0
         log = daemon.log(since_start=True)
         assert log.count(FAILING) == 1, log
+        assert "quarantined" not in log, log
         assert "locked" in log.split(FAILING, 1)[1].splitlines()[0]
     finally:
         holder.execute("ROLLBACK")
@@ -286,3 +292,22 @@ def test_a_commit_held_past_commit_timeout_answers_503_and_the_receipt_is_kept_w
     log = daemon.log(since_start=True)
     assert log.count("commits complete again after") == 1, log
     assert health(daemon) == 200
+
+
+def test_an_answer_at_commit_timeout_keeps_the_envelopes_soap_version_and_is_counted_once(daemon_factory):
+    # The lock wait (2 s) ends after commit_timeout answered: the late failure must not be counted again.
+    daemon = daemon_factory("[storage]\nlock_timeout = 2\ncommit_timeout = 0.5\n")
+    soap12 = (ENVELOPES / "soap12.xml").read_bytes()
+    holder = sqlite3.connect(daemon.data / "dlrd.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        answer = post(daemon.address, soap12, content_type=None)  # SPEC: the version is the envelope's
+        assert answer.status == 503 and answer.header("retry-after"), answer
+        assert answer.header("content-type").startswith("application/soap+xml")
+        assert b"http://www.w3.org/2003/05/soap-envelope" in answer.body and b"Receiver" in answer.body
+        wait_for(lambda: "stayed locked by another program" in daemon.log(since_start=True), 10,
+                 "the held commit to fail at lock_timeout")
+        assert metric(daemon, "dlrd_storage_failures_total") == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
