@@ -40,6 +40,7 @@ access_log = logging.getLogger("dlrd.access")
 LISTEN_BACKLOG = 512
 SWEEP_INTERVAL = 0.5
 SHUTDOWN_GRACE = 10.0
+ANSWER_FLUSH_SECONDS = 1.0  # after the grace: time for the 503s sent to requests still waiting for storage
 LINGER_SECONDS = 2.0
 READ_BUFFER_BYTES = 64 * 1024
 
@@ -274,6 +275,17 @@ class Connection(asyncio.BufferedProtocol):
             else:
                 transport.close()
 
+    def answer_overdue(self) -> None:
+        """Storage holds this request too long (commit_timeout, or dlrd is stopping): answer now so the
+        provider retries, and close, since the late outcome must not be taken for the next request's answer."""
+        request = self.request
+        assert request is not None
+        request.overdue = True
+        response = self.server.app.overdue(request)
+        self._log_access(request.head, response)
+        self.request = None
+        self._send(response, keep_alive=False)
+
     def _pause(self) -> None:
         self.paused = True
         self.transport.pause_reading()  # type: ignore[union-attr]
@@ -293,14 +305,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         if self.state == BUSY:
             if now >= self.deadline and self.request is not None:
-                # Storage has held this request past commit_timeout: answer
-                # now so the provider retries, and close, since the late
-                # outcome must not be taken for the next request's answer.
-                self.request.overdue = True
-                response = self.server.app.overdue(self.request)
-                self._log_access(self.request.head, response)
-                self.request = None
-                self._send(response, keep_alive=False)
+                self.answer_overdue()
             return
         if self.state == BODY:
             # A minimum transfer rate, not just an idle timer: a client
@@ -467,15 +472,16 @@ class HttpServer:
         self.stopping = True
         for server in self._servers:
             server.close()
-        deadline = time.monotonic() + SHUTDOWN_GRACE
-        while time.monotonic() < deadline:
-            for connection in list(self.connections):
-                if connection.state == IDLE and connection.transport is not None:
-                    connection.state = CLOSED
-                    connection.transport.close()
-            if not self.connections:
-                break
-            await asyncio.sleep(0.05)
+        await self._drain(SHUTDOWN_GRACE)
+        waiting = [connection for connection in self.connections
+                   if connection.state == BUSY and connection.request is not None]
+        if waiting:
+            # Storage held these through the grace (a lock, a hanging disk):
+            # a 503 lets the provider retry, where a dropped connection
+            # leaves it guessing.
+            for connection in waiting:
+                connection.answer_overdue()
+            await self._drain(ANSWER_FLUSH_SECONDS)
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.abort()
@@ -484,6 +490,18 @@ class HttpServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._servers = []
+
+    async def _drain(self, seconds: float) -> None:
+        """Close connections as they go idle, until none is left or `seconds` passed."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for connection in list(self.connections):
+                if connection.state == IDLE and connection.transport is not None:
+                    connection.state = CLOSED
+                    connection.transport.close()
+            if not self.connections:
+                return
+            await asyncio.sleep(0.05)
 
     async def _sweep(self) -> None:
         while True:

@@ -339,6 +339,7 @@ JOURNAL_CHUNK = 1000
 # at each reopen.
 POSITION_SECONDS = 1.0
 CHECKPOINT_SECONDS = 0.25
+FINAL_CHECKPOINT_WAIT_MS = 1000  # at a stop, a locked database is not waited for lock_timeout again
 _LOW_DISK_BYTES = 1024 * 1024
 _READ_ONLY = "its file system is read-only"
 
@@ -395,6 +396,7 @@ class Checkpointer:
                 connection = None
         if connection is not None:
             try:
+                connection.execute(f"PRAGMA busy_timeout = {FINAL_CHECKPOINT_WAIT_MS}")
                 connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except sqlite3.Error as error:
                 log.debug("final WAL checkpoint failed: %s", error)
@@ -425,6 +427,7 @@ class ReceiptStore:
         self._id_floor = 0  # when the journal is ahead of the database: the id new receipts must follow
         self._position_due = 0.0
         self._condition: StorageCondition | None = None
+        self._closing = False  # close() was called: queued work is still done, unless storage is failing
         self._loop: asyncio.AbstractEventLoop | None = None
         self._checkpointer: Checkpointer | None = None
 
@@ -464,6 +467,7 @@ class ReceiptStore:
         with self._lock:
             thread, self._thread = self._thread, None
             if thread is not None:
+                self._closing = True
                 self._queue.put(None)
         if thread is not None:
             thread.join()
@@ -476,9 +480,7 @@ class ReceiptStore:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            for work in item or ():
-                if work[1].set_running_or_notify_cancel():
-                    work[1].set_exception(StorageUnavailable("dlrd is shutting down"))
+            self._refuse(item or [], StorageUnavailable("dlrd is shutting down"))
             self._wake(item or [])
         self._disconnect()
         self.journal.close()
@@ -585,7 +587,11 @@ class ReceiptStore:
                 except queue.Empty:
                     break
             try:
-                self._process(batch)
+                if self._closing and self._condition is not None:
+                    # Each batch would wait out lock_timeout again; the stop must not take that long.
+                    self._refuse(batch, StorageUnavailable("dlrd is stopping while storage fails"))
+                else:
+                    self._process(batch)
             except Exception:  # the writer must outlive any bug, or every later request would hang
                 log.exception("the writer thread failed on a batch")
                 for _work, future, _transactional in batch:
@@ -594,6 +600,12 @@ class ReceiptStore:
             self._wake(batch)
             if item is None:
                 return
+
+    @staticmethod
+    def _refuse(works: list[_Work], error: StorageUnavailable) -> None:
+        for _work, future, _transactional in works:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
 
     def _process(self, batch: list[_Work]) -> None:
         jobs = [(work, future) for work, future, transactional in batch

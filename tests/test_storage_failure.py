@@ -17,16 +17,18 @@ import os
 import re
 import resource
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-from wire import Answer, post, receipt_body, soap_report, wait_for
+from wire import Answer, connect, post, read_one, receipt_body, soap_report, wait_for
 
 FAILING = "storage cannot commit receipts"
 RECOVERED = "storage commits again"
@@ -309,5 +311,34 @@ def test_an_answer_at_commit_timeout_keeps_the_envelopes_soap_version_and_is_cou
                  "the held commit to fail at lock_timeout")
         assert metric(daemon, "dlrd_storage_failures_total") == 1
     finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_stop_while_storage_is_stuck_answers_the_waiting_receipts_503_and_waits_out_one_lock_only(daemon_factory):
+    # lock_timeout outlasts the stop's grace (10 s): a stuck writer at shutdown.
+    daemon = daemon_factory("[storage]\nlock_timeout = 12\n")
+    holder = sqlite3.connect(daemon.data / "dlrd.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    sockets = []
+    try:
+        for _ in range(3):
+            body = receipt_body(new_id())
+            sock = connect(daemon.address, timeout=30)
+            sock.sendall(f"POST / HTTP/1.1\r\nHost: receiver\r\nContent-Type: text/soap\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            sockets.append(sock)
+        # Sent before /metrics was asked, so read by the time it answers.
+        wait_for(lambda: metric(daemon, "dlrd_connections_open") >= 4, 10, "the three receipts to arrive")
+        stopped = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        for sock in sockets:
+            assert_unavailable(read_one(sock))  # not a dropped connection: the provider knows to retry
+        assert daemon.process.wait(30) == 0
+        # One wait for the lock (12 s), not one per batch plus one for the final checkpoint.
+        assert time.monotonic() - stopped < 12 + 4
+    finally:
+        for sock in sockets:
+            sock.close()
         holder.execute("ROLLBACK")
         holder.close()
