@@ -159,7 +159,6 @@ class JournalWriter:
 
     def open(self) -> None:
         """Open for appending, cutting off a line a crash left half-written; start the housekeeper."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         self._open_file()
         self.rotated.start()
 
@@ -294,7 +293,12 @@ class JournalWriter:
         log.info("journal rotated to %s", target.name)
         self.rotated.wake()
 
+    def deleted(self) -> bool:
+        """True when receipts.jsonl was deleted while open: what is appended to it now reaches no reader."""
+        return self._file is not None and os.fstat(self._file.fileno()).st_nlink == 0
+
     def _open_file(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)  # also when it was deleted under a running dlrd
         self._drop_partial_line()
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open across calls)
         self._repair_size = None

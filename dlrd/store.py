@@ -424,6 +424,7 @@ class ReceiptStore:
         self._thread: threading.Thread | None = None
         self._connection: sqlite3.Connection | None = None
         self._journaled_id = 0
+        self._linked_id = 0  # journaled while receipts.jsonl was last seen in its directory
         self._id_floor = 0  # when the journal is ahead of the database: the id new receipts must follow
         self._position_due = 0.0
         self._condition: StorageCondition | None = None
@@ -457,6 +458,7 @@ class ReceiptStore:
             raise StartupError(f"cannot open the database {self.database} or the journal in "
                                f"{self.journal.directory}: {error}{f' ({disk})' if disk else ''}") from None
         self._journal_committed(at_start=True)
+        self._linked_id = self._journaled_id
         self._thread = threading.Thread(target=self._run, name="dlrd-writer", daemon=True)
         self._thread.start()
         self._checkpointer = Checkpointer(self.database, self.lock_timeout, self.synchronous)
@@ -664,6 +666,7 @@ class ReceiptStore:
         now = time.monotonic()
         if now < self._position_due and not self._id_floor and all(type(job) is ReceiptInsert for job in jobs):
             return insert_receipts(connection, jobs)  # type: ignore[arg-type]
+        self._notice_a_deleted_journal()
         position = self._durable_position()
         floor = self._id_floor
         connection.execute("BEGIN IMMEDIATE")
@@ -688,6 +691,25 @@ class ReceiptStore:
             self._id_floor = 0  # a stored receipt now holds the largest id itself
         return results
 
+    def _notice_a_deleted_journal(self) -> bool:
+        """Reopen receipts.jsonl when it was deleted while open, and journal again what went into it since.
+
+        Checked once a second and at each reopen: the lines appended after the
+        last check that found the file in place are appended again (at least
+        once; a reader drops repeats by id).
+        """
+        if not self.journal.deleted():
+            self._linked_id = self._journaled_id
+            return False
+        log.error("the journal %s was deleted while dlrd was writing it; making a new one and appending "
+                  "again the receipts after id %d", self.journal.path, self._linked_id)
+        self._journaled_id = self._linked_id
+        try:
+            self.journal.reopen()
+        except OSError as error:  # the next append opens it, or reports why it cannot
+            log.debug("could not make the journal again yet: %s", error)
+        return True
+
     def _durable_position(self) -> int | None:
         """The journal position to record: the last line on disk. None when the journal cannot be synced."""
         try:
@@ -707,7 +729,10 @@ class ReceiptStore:
             log.debug("could not record the journal position: %s", error)
 
     def _reopen_journal(self, fsync: bool | None, rotation: Rotation | None) -> None:
+        deleted = self._notice_a_deleted_journal()
         self.journal.reopen(fsync, rotation)
+        if deleted:
+            self._journal_committed()
         self._record_position()
 
     def _journal_committed(self, batch: list[StoredReceipt] | None = None, at_start: bool = False) -> None:

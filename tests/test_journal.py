@@ -467,3 +467,36 @@ def test_sighup_applies_new_rotation_settings_without_a_restart(daemon):
     wait_for(lambda: not list(daemon.data.glob("receipts-*.jsonl")), 10, "every rotated file to be gzipped")
     assert "restart dlrd to apply" not in daemon.log(since_start=True)
     assert [line["message_id"] for line in daemon.journal_all()] == ["BEFORE"] + [f"AFTER{n}" for n in range(posted)]
+
+
+def test_a_journal_deleted_under_a_running_daemon_is_made_again_with_every_receipt_since(daemon):
+    assert soap_report(post(daemon.address, receipt_body("KEPT"))) == 0
+    (daemon.data / "receipts.jsonl").unlink()  # an operator's mistake: dlrd still holds the file open
+    sent = []
+
+    def journal_back() -> bool:
+        # Checked once a second, at a commit: keep receipts coming until it is noticed.
+        sent.append(f"AFTER{len(sent)}")
+        assert soap_report(post(daemon.address, receipt_body(sent[-1]))) == 0
+        return (daemon.data / "receipts.jsonl").exists()
+
+    wait_for(journal_back, 10, "a new receipts.jsonl")
+    assert daemon.stop() == 0
+    assert "was deleted while dlrd was writing it" in daemon.log()
+    lines = daemon.journal()
+    ids = [line["id"] for line in lines]
+    assert ids == list(range(ids[0], ids[-1] + 1))  # in order, none missing from where it starts again
+    assert [line["message_id"] for line in lines if line["message_id"] != "KEPT"] == sent
+
+
+def test_sighup_makes_a_deleted_journal_directory_again_with_the_receipts_it_missed(daemon_factory, tmp_path):
+    journal_dir = tmp_path / "journal"
+    daemon = daemon_factory(f"[journal]\ndirectory = {journal_dir}\n")
+    assert soap_report(post(daemon.address, receipt_body("BEFORE"))) == 0
+    shutil.rmtree(journal_dir)
+    assert soap_report(post(daemon.address, receipt_body("LOST"))) == 0  # appended to the deleted file
+    daemon.process.send_signal(signal.SIGHUP)
+    current = journal_dir / "receipts.jsonl"
+    wait_for(lambda: current.exists() and b"LOST" in current.read_bytes(), 10, "the journal made again")
+    assert soap_report(post(daemon.address, receipt_body("AFTER"))) == 0
+    assert [json.loads(text)["message_id"] for text in current.read_text().splitlines()][-2:] == ["LOST", "AFTER"]
