@@ -237,7 +237,11 @@ def test_a_really_full_disk_answers_503_once_logged_and_recovers_when_space_is_a
     assert grow.returncode == 0, grow.stderr
     assert_recovered_once(daemon, acknowledged)
 
-    # The files live in the daemon's mount namespace: read them from in there.
+    assert stored_and_journaled(daemon, data, enter) == (acknowledged, acknowledged)
+
+
+def stored_and_journaled(daemon, data: Path, enter: list[str]) -> tuple[list[str], list[str]]:
+    """The MessageIdentifiers in SQLite and in receipts.jsonl, read inside the daemon's mount namespace."""
     read = subprocess.run(
         ["nsenter", "--target", str(daemon.process.pid), *enter, sys.executable, "-c",
          "import json, sqlite3, sys; from pathlib import Path; data = Path(sys.argv[1]); "
@@ -247,8 +251,44 @@ def test_a_really_full_disk_answers_503_once_logged_and_recovers_when_space_is_a
          str(data)], capture_output=True, text=True, timeout=30)
     assert read.returncode == 0, read.stderr
     stored, journaled = json.loads(read.stdout)
-    assert stored == acknowledged
-    assert journaled == acknowledged
+    return stored, journaled
+
+
+def _loop_mounted_ext4(image: Path, mount_point: Path) -> list[str] | None:
+    """A command prefix that runs a program with an ext4 image mounted (errors=remount-ro); None if not here."""
+    if NAMESPACE is None or os.geteuid() != 0 or not shutil.which("mkfs.ext4") or not Path("/sys/fs/ext4").is_dir():
+        return None
+    subprocess.run(["truncate", "-s", "32M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    unshare, _enter = NAMESPACE
+    prefix = [*unshare, "sh", "-c", 'mkdir -p "$0" && mount -o loop,errors=remount-ro "$1" "$0" && shift && exec "$@"',
+              str(mount_point), str(image)]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30)
+    return prefix if probe.returncode == 0 else None
+
+
+def test_a_file_system_turning_read_only_at_runtime_answers_503_once_logged(daemon_factory, tmp_path):
+    data = tmp_path / "d" / "data"
+    mount = _loop_mounted_ext4(tmp_path / "fs.img", data)
+    if mount is None:
+        pytest.skip("needs root, a mount namespace, mkfs.ext4 and a loop device")
+    _unshare, enter = NAMESPACE
+    daemon = daemon_factory(wrap=mount)
+    acknowledged = [new_id() for _ in range(3)]
+    for message_id in acknowledged:
+        assert soap_report(post(daemon.address, receipt_body(message_id))) == 0
+    mounted = subprocess.run(["nsenter", "--target", str(daemon.process.pid), *enter,
+                              "findmnt", "-n", "-o", "SOURCE", str(data)], capture_output=True, text=True, timeout=30)
+    # The kernel's own switch for an ext4 error: with errors=remount-ro the file system turns read-only under
+    # the running daemon, as a failing disk makes it (a plain remount is refused while files are open).
+    Path(f"/sys/fs/ext4/{Path(mounted.stdout.strip()).name}/trigger_fs_error").write_text("dlrd test\n")
+    for _ in range(3):
+        assert_unavailable(post(daemon.address, receipt_body(new_id())))
+    assert health(daemon) == 503
+    assert metric(daemon, "dlrd_storage_healthy") == 0
+    log = daemon.log(since_start=True)
+    assert log.count(FAILING) == 1, log
+    assert stored_and_journaled(daemon, data, enter) == (acknowledged, acknowledged)
 
 
 @needs_mounts
