@@ -75,10 +75,10 @@ class Application:
         else:
             self.receipts.serve(request, respond)
 
-    def overdue(self, request: Request) -> Response:
-        """The answer for a request still waiting for storage after commit_timeout."""
+    def overdue(self, request: Request, stopping: bool = False) -> Response:
+        """The answer for a request still waiting for storage after commit_timeout, or when dlrd stops."""
         if request.head.path in self.receipt_paths:
-            return self.receipts.overdue(request)
+            return self.receipts.overdue(request, stopping)
         return plain_response(503, "storage did not answer in time; retry later", close=True,
                               headers=[("Retry-After", RETRY_AFTER_SECONDS)])
 

@@ -173,10 +173,11 @@ class ReceiptEndpoint:
         self.store.commit(insert_quarantine(received_at, request.remote_addr, reason, request.head.media_type, body),
                           kept)
 
-    def overdue(self, request: Request) -> Response:
-        """A 503 for a receipt whose commit has not completed within commit_timeout; logged once per episode."""
+    def overdue(self, request: Request, stopping: bool = False) -> Response:
+        """A 503 for a receipt whose commit has not completed within commit_timeout (logged once per episode),
+        or by the end of a stop's grace (the server logs that)."""
         self.metrics.count("dlrd_storage_failures_total")
-        if not self.overdue_logged:
+        if not stopping and not self.overdue_logged:
             log.error("receipts waited longer than commit_timeout for their commit (is the disk hanging?); "
                       "answering 503 until commits complete again")
             self.overdue_logged = True

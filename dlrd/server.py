@@ -275,13 +275,13 @@ class Connection(asyncio.BufferedProtocol):
             else:
                 transport.close()
 
-    def answer_overdue(self) -> None:
+    def answer_overdue(self, stopping: bool = False) -> None:
         """Storage holds this request too long (commit_timeout, or dlrd is stopping): answer now so the
         provider retries, and close, since the late outcome must not be taken for the next request's answer."""
         request = self.request
         assert request is not None
         request.overdue = True
-        response = self.server.app.overdue(request)
+        response = self.server.app.overdue(request, stopping)
         self._log_access(request.head, response)
         self.request = None
         self._send(response, keep_alive=False)
@@ -479,8 +479,10 @@ class HttpServer:
             # Storage held these through the grace (a lock, a hanging disk):
             # a 503 lets the provider retry, where a dropped connection
             # leaves it guessing.
+            log.warning("stopping: %d request(s) still waited for storage after %.0f s; answered them 503 "
+                        "so the provider retries", len(waiting), SHUTDOWN_GRACE)
             for connection in waiting:
-                connection.answer_overdue()
+                connection.answer_overdue(stopping=True)
             await self._drain(ANSWER_FLUSH_SECONDS)
         for connection in list(self.connections):
             if connection.transport is not None:

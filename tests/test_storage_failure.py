@@ -377,6 +377,9 @@ def test_a_stop_while_storage_is_stuck_answers_the_waiting_receipts_503_and_wait
         assert daemon.process.wait(30) == 0
         # One wait for the lock (12 s), not one per batch plus one for the final checkpoint.
         assert time.monotonic() - stopped < 12 + 4
+        log = daemon.log(since_start=True)
+        assert "stopping: 3 request(s) still waited for storage" in log, log
+        assert "commit_timeout" not in log, log  # it was the stop, not commit_timeout, that answered them
     finally:
         for sock in sockets:
             sock.close()
