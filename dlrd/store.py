@@ -339,6 +339,10 @@ JOURNAL_CHUNK = 1000
 # at each reopen.
 POSITION_SECONDS = 1.0
 CHECKPOINT_SECONDS = 0.25
+# A failure of the same kind back this soon after the last one was logged is
+# the same episode (a disk hovering at full: each checkpoint frees room for a
+# few commits), logged again only once this long has passed.
+RELAPSE_SECONDS = 60.0
 FINAL_CHECKPOINT_WAIT_MS = 1000  # at a stop, a locked database is not waited for lock_timeout again
 _LOW_DISK_BYTES = 1024 * 1024
 _READ_ONLY = "its file system is read-only"
@@ -428,6 +432,10 @@ class ReceiptStore:
         self._id_floor = 0  # when the journal is ahead of the database: the id new receipts must follow
         self._position_due = 0.0
         self._condition: StorageCondition | None = None
+        self._logged_kind = ""  # the last failure logged, when, and relapses since left unlogged
+        self._logged_at = 0.0
+        self._relapses = 0
+        self._silent = False  # the current failure is a relapse that was not logged
         self._closing = False  # close() was called: queued work is still done, unless storage is failing
         self._loop: asyncio.AbstractEventLoop | None = None
         self._checkpointer: Checkpointer | None = None
@@ -823,16 +831,33 @@ class ReceiptStore:
         return ""
 
     def _fail(self, condition: StorageCondition) -> None:
+        """Log a failure once per condition; one that keeps coming back is logged once per RELAPSE_SECONDS."""
         self.healthy = False
-        if self._condition is None or condition.kind != self._condition.kind:
-            log.error("storage cannot commit receipts: %s; answering 503 until it can", condition.text)
-            self._condition = condition
+        now = time.monotonic()
+        if self._condition is not None and condition.kind == self._condition.kind:
+            if self._silent and now - self._logged_at >= RELAPSE_SECONDS:
+                self._log_failure(condition, now)  # still failing: the log must not end on "commits again"
+            return
+        self._condition = condition
+        if condition.kind == self._logged_kind and now - self._logged_at < RELAPSE_SECONDS:
+            self._relapses += 1
+            self._silent = True
+            return
+        self._log_failure(condition, now)
+
+    def _log_failure(self, condition: StorageCondition, now: float) -> None:
+        again = (f" (back {self._relapses} time(s) since it was last logged)"
+                 if self._relapses else "")
+        log.error("storage cannot commit receipts: %s; answering 503 until it can%s", condition.text, again)
+        self._logged_kind, self._logged_at, self._relapses, self._silent = condition.kind, now, 0, False
 
     def _recover(self) -> None:
         self.healthy = True
         if self._condition is not None:
-            log.warning("storage commits again after: %s", self._condition.text)
+            if not self._silent:
+                log.warning("storage commits again after: %s", self._condition.text)
             self._condition = None
+            self._silent = False
 
 
 def _deliver(outcomes: list[_Outcome]) -> None:

@@ -21,14 +21,20 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from wire import Answer, connect, post, read_one, receipt_body, soap_report, wait_for
+from wire import Answer, KeepAliveClient, connect, post, read_one, receipt_body, soap_report, wait_for
+
+from dlrd import store as store_module
+from dlrd.journal import JournalWriter
+from dlrd.store import ReceiptStore
 
 FAILING = "storage cannot commit receipts"
 RECOVERED = "storage commits again"
@@ -385,3 +391,56 @@ def test_a_stop_while_storage_is_stuck_answers_the_waiting_receipts_503_and_wait
             sock.close()
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_a_disk_hovering_at_full_logs_its_failure_once_not_once_per_flap(daemon_factory):
+    # Each checkpoint lets the write-ahead log start over inside the limit, so under load a few commits
+    # fit again before it bites once more: failure and recovery alternate many times a second.
+    daemon = daemon_factory(preexec_fn=_limit_file_size(300 * 1024))
+    statuses: list[list[int]] = [[] for _ in range(4)]
+    load_ends = time.monotonic() + 4
+
+    def keep_posting(mine: list[int]) -> None:
+        client = KeepAliveClient(daemon.address)
+        try:
+            while time.monotonic() < load_ends:
+                mine.append(client.post(receipt_body(new_id())).status)
+        finally:
+            client.close()
+
+    clients = [threading.Thread(target=keep_posting, args=(mine,)) for mine in statuses]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(30)
+    comebacks = sum(before == 503 and after == 200 for mine in statuses for before, after in pairwise(mine))
+    assert comebacks >= 2, f"storage did not fail and come back repeatedly: {comebacks}"
+    log = daemon.log(since_start=True)
+    assert log.count(FAILING) == 1, log
+    assert log.count(RECOVERED) <= 1, log
+    _lift_file_size_limit(daemon.process.pid)
+    wait_for(lambda: health(daemon) == 200, 10, "/healthz 200 once the limit is lifted")
+
+
+def test_the_failure_log_rule_for_a_condition_that_keeps_coming_back(tmp_path, monkeypatch, caplog):
+    """Once per condition; a relapse within RELAPSE_SECONDS of the last line is not logged, unless it lasts."""
+    now = [0.0]
+    monkeypatch.setattr(store_module.time, "monotonic", lambda: now[0])
+    store = ReceiptStore(tmp_path / "dlrd.db", JournalWriter(tmp_path))
+    full = store_module.StorageCondition("write", "the disk is full")
+    caplog.set_level("WARNING", logger="dlrd.store")
+    for at, event in ((0, "fail"), (1, "recover"), (2, "fail"), (3, "recover"), (4, "fail"), (30, "fail"),
+                      (61, "fail"), (62, "recover"), (200, "fail")):
+        now[0] = at
+        if event == "fail":
+            store._fail(full)
+        else:
+            store._recover()
+    failing = f"{FAILING}: the disk is full; answering 503 until it can"
+    recovered = f"{RECOVERED} after: the disk is full"
+    assert [record.getMessage() for record in caplog.records] == [
+        failing, recovered,  # the first time: both logged
+        f"{failing} (back 2 time(s) since it was last logged)",  # back at 2 and 4, still failing a minute on
+        recovered,
+        failing,  # long after: a new episode
+    ]
