@@ -28,6 +28,7 @@ import urllib.request
 import uuid
 from itertools import pairwise
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from wire import Answer, KeepAliveClient, connect, post, read_one, receipt_body, soap_report, wait_for
@@ -425,7 +426,7 @@ def test_a_disk_hovering_at_full_logs_its_failure_once_not_once_per_flap(daemon_
 def test_the_failure_log_rule_for_a_condition_that_keeps_coming_back(tmp_path, monkeypatch, caplog):
     """Once per condition; a relapse within RELAPSE_SECONDS of the last line is not logged, unless it lasts."""
     now = [0.0]
-    monkeypatch.setattr(store_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(store_module, "time", SimpleNamespace(monotonic=lambda: now[0]))  # the store's clock only
     store = ReceiptStore(tmp_path / "dlrd.db", JournalWriter(tmp_path))
     full = store_module.StorageCondition("write", "the disk is full")
     caplog.set_level("WARNING", logger="dlrd.store")
