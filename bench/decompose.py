@@ -20,7 +20,7 @@ changed. The script also times `fdatasync` of one commit's worth of WAL
 (7 pages) on the work directory's disk: one receipt at one connection
 cannot be answered faster than that.
 
-    .venv/bin/python bench/decompose.py                   # about 2 minutes
+    .venv/bin/python bench/decompose.py                   # 2 to 3 minutes
     .venv/bin/python bench/decompose.py --rounds 3 --duration 10
 """
 
