@@ -210,7 +210,8 @@ SETTINGS: tuple[Setting, ...] = (
             "the lines reach the disk within seconds; if a power cut loses the last ones, dlrd appends them "
             "again from the database at the next start. Either way a line is written only after its commit."),
     Setting("journal", "rotate_bytes", parse_size, "0",
-            "Rotate receipts.jsonl before it would grow past this size, like 100m. 0: not by size."),
+            "Rotate receipts.jsonl before an append would take it past this size, like 100m; one write of "
+            "lines is never split, so a file can pass it by one batch. 0: not by size."),
     Setting("journal", "rotate_when", choice("never", "midnight"), "never",
             "midnight: rotate receipts.jsonl at every midnight, even when no receipt comes in (an empty file "
             "is left as it is). never: not by time."),

@@ -75,7 +75,10 @@ def _stamp_of(name: str) -> int | None:
     if match is None:
         return None
     whole, _, millis = match.group(1).rstrip("Z").partition(".")
-    instant = datetime.strptime(whole, _STAMP_FORMAT).replace(tzinfo=UTC)
+    try:
+        instant = datetime.strptime(whole, _STAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None  # looks like ours but names no real instant (month 13): not a rotated journal file
     return int(instant.timestamp()) * 1000 + int(millis)
 
 
@@ -265,7 +268,7 @@ class JournalWriter:
             return False
         try:
             self._rotate()
-        except OSError as error:
+        except (OSError, ValueError, OverflowError) as error:  # a stray far-future name: no next name
             if not self._rotation_failed:
                 log.error("cannot rotate the journal %s: %s; appending to it until rotation works", self.path, error)
                 self._rotation_failed = True
@@ -299,6 +302,10 @@ class JournalWriter:
 
     def _open_file(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)  # also when it was deleted under a running dlrd
+        try:
+            last_written = self.path.stat().st_mtime  # before a repair's truncate makes it "now"
+        except FileNotFoundError:
+            last_written = None
         self._drop_partial_line()
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open across calls)
         self._repair_size = None
@@ -307,7 +314,7 @@ class JournalWriter:
         self._last_stamp = max([self._last_stamp, *stamps])
         if self.rotation.when == "midnight":
             # A file last written before a midnight passed (dlrd was down) rotates at the first append.
-            since = os.fstat(self._file.fileno()).st_mtime if self._size else self.clock()
+            since = last_written if self._size and last_written is not None else self.clock()
             self._next_rollover = next_midnight(since, self.rotation.utc)
 
     def _close_file(self) -> None:
@@ -372,7 +379,11 @@ class RotatedFiles:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self._thread is not None or not (self.rotation.compress or self.rotation.backups):
+        """Start, or wake with new settings (SIGHUP), so they apply now rather than at the next rotation."""
+        if self._thread is not None:
+            self.wake()
+            return
+        if not (self.rotation.compress or self.rotation.backups):
             return
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="dlrd-journal-housekeeper", daemon=True)

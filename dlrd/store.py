@@ -585,7 +585,10 @@ class ReceiptStore:
             try:
                 item = self._queue.get(timeout=self.journal.seconds_until_rollover())
             except queue.Empty:
-                self.journal.rotate_if_due()  # a time rotation falls due while no receipt comes in
+                try:
+                    self.journal.rotate_if_due()  # a time rotation falls due while no receipt comes in
+                except Exception:  # the writer must outlive any bug, or every later request would hang
+                    log.exception("the writer thread failed on a journal rotation")
                 continue
             batch: list[_Work] = []
             while item is not None:

@@ -153,6 +153,63 @@ def test_idle_writer_rotates_at_midnight_with_no_receipt_coming_in(tmp_path):
     assert (tmp_path / "receipts.jsonl").stat().st_size == 0
 
 
+def test_a_line_torn_by_a_crash_does_not_hide_a_midnight_missed_while_dlrd_was_down(tmp_path):
+    current = tmp_path / "receipts.jsonl"
+    current.write_bytes(line(1) + line(2) + b'{"id":3,"mess')
+    written = utc("2026-11-24T18:00:00.000")
+    os.utime(current, (written, written))
+    # Started the next day: cutting the torn line must not make yesterday's file look written today.
+    writer = JournalWriter(tmp_path, rotation=Rotation(when="midnight"), clock=Clock(utc("2026-11-25T09:00:00.000")))
+    writer.open()
+    try:
+        assert writer.seconds_until_rollover() == 0
+        writer.append([line(3)])
+    finally:
+        writer.close()
+    assert [path.name for path in journal_files(tmp_path)] == ["receipts-20261125T090000.000Z.jsonl",
+                                                              "receipts.jsonl"]
+    assert ids_in(tmp_path) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("stray", ["receipts-20261301T000000.000Z.jsonl", "receipts-99991231T235959.999Z.jsonl"],
+                         ids=["month-13", "year-9999"])
+def test_a_stray_file_named_like_a_rotated_one_never_stops_the_journal(tmp_path, stray, caplog):
+    (tmp_path / stray).write_bytes(b"not a journal\n")
+    writer = JournalWriter(tmp_path, rotation=Rotation(max_bytes=100, backups=5))
+    writer.open()
+    try:
+        for receipt_id in range(1, 7):
+            writer.append([line(receipt_id, padding=40)])  # each line alone passes 60 bytes: rotation is due
+        assert writer.last_id() == 6
+    finally:
+        writer.close()
+    assert (tmp_path / stray).read_bytes() == b"not a journal\n"
+    lines = [json.loads(text)["id"] for path in tmp_path.glob("receipts*.jsonl") if path.name != stray
+             for text in path.read_bytes().splitlines()]
+    assert sorted(lines) == [1, 2, 3, 4, 5, 6]
+    if stray.startswith("receipts-9999"):
+        # No name sorts after it: rotation fails, logged once, and every line stays in receipts.jsonl.
+        assert sum("cannot rotate the journal" in record.getMessage() for record in caplog.records) == 1
+        assert [json.loads(text)["id"] for text in (tmp_path / "receipts.jsonl").read_bytes().splitlines()] == [
+            1, 2, 3, 4, 5, 6]
+
+
+def test_new_backups_and_compress_settings_apply_at_once_on_reopen(tmp_path):
+    for stamp, receipt_id in (("101", 1), ("102", 2), ("103", 3)):
+        (tmp_path / f"receipts-20261124T221700.{stamp}Z.jsonl").write_bytes(line(receipt_id))
+    writer = JournalWriter(tmp_path, rotation=Rotation(max_bytes=1024, backups=2))
+    writer.open()
+    try:
+        # The housekeeper's work at start ends with deleting the oldest file; then it waits.
+        wait_for(lambda: len(list(tmp_path.glob("receipts-*"))) == 2, 10, "the oldest file deleted at start")
+        writer.reopen(rotation=Rotation(max_bytes=1024, backups=1, compress=True))  # SIGHUP with new settings
+        kept = ["receipts-20261124T221700.103Z.jsonl.gz"]
+        wait_for(lambda: [path.name for path in tmp_path.glob("receipts-*")] == kept, 10,
+                 "one gzipped backup, without waiting for the next rotation")
+    finally:
+        writer.close()
+    assert ids_in(tmp_path) == [3]
+
 def test_compression_and_old_file_removal_run_off_the_writers_path(tmp_path, monkeypatch):
     gate = threading.Event()
     compressing = threading.Event()
