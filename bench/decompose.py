@@ -78,7 +78,8 @@ def measure(variant: str, placement: str, mode: str, conns: int, duration: float
     server_cpus, wrk_cpus = ({0}, {1}) if placement == "split" else (None, None)
     server = run.Server("baseline" if variant == "baseline" else "dlrd", directory, server_cpus, probe=False)
     if variant in ("no-storage", "no-writer"):
-        server.argv = [run.PYTHON, str(Path(__file__).resolve()), "--serve-variant", variant, *server.argv[3:]]
+        options = server.argv[server.argv.index("--config"):]  # what run.py passes to `dlrd`
+        server.argv = [run.PYTHON, str(Path(__file__).resolve()), "--serve-variant", variant, *options]
     server.start()
     try:
         stats, _, _ = run.run_wrk(server.url, mode, conns, duration, 1, wrk_cpus, f"d{int(time.time()) % 10000}")

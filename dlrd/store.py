@@ -102,7 +102,8 @@ _RECEIPT_COLUMNS = ("received_at", "message_id", "sent_to", "report", "timestamp
 # whatever the size, at two to three times the CPU per row, since
 # json_extract parses the row again for every column.
 VALUES_ROWS = 64
-_ROW_PLACEHOLDERS = f"({', '.join('?' for _ in _RECEIPT_COLUMNS)})"
+_COLUMN_PLACEHOLDERS = ", ".join("?" for _ in _RECEIPT_COLUMNS)
+_ROW_PLACEHOLDERS = f"({_COLUMN_PLACEHOLDERS})"
 _INSERT_FROM_JSON = f"""
     INSERT OR IGNORE INTO receipts ({", ".join(_RECEIPT_COLUMNS)})
     SELECT {", ".join(f"json_extract(value, '$[{n}]')" for n in range(len(_RECEIPT_COLUMNS)))}
@@ -123,8 +124,7 @@ _PROBE_RECEIPT = ("", "dlrd-health-probe", "", 0, "", "", "", "", 0, "", None)
 # A row that holds an id in place inside one transaction, so that the
 # receipts after it get higher ids (SQLite gives a new row the largest id
 # plus one); deleted again before the commit, so no reader ever sees it.
-_HOLD_ID = (f"INSERT INTO receipts (id, {', '.join(_RECEIPT_COLUMNS)}) "
-            f"VALUES (?, {', '.join('?' for _ in _RECEIPT_COLUMNS)})")
+_HOLD_ID = f"INSERT INTO receipts (id, {', '.join(_RECEIPT_COLUMNS)}) VALUES (?, {_COLUMN_PLACEHOLDERS})"
 _ID_HOLDER = ("", "dlrd-id-placeholder", "", 0, "", "", "", "", 0, "", None)
 
 
@@ -677,7 +677,11 @@ class ReceiptStore:
         now = time.monotonic()
         if now < self._position_due and not self._id_floor and all(type(job) is ReceiptInsert for job in jobs):
             return insert_receipts(connection, jobs)  # type: ignore[arg-type]
-        self._notice_a_deleted_journal()
+        if self._rewind_if_journal_deleted():
+            try:
+                self.journal.reopen()
+            except OSError as error:  # the next append opens it, or reports why it cannot
+                log.debug("could not make the journal again yet: %s", error)
         position = self._durable_position()
         floor = self._id_floor
         connection.execute("BEGIN IMMEDIATE")
@@ -702,12 +706,12 @@ class ReceiptStore:
             self._id_floor = 0  # a stored receipt now holds the largest id itself
         return results
 
-    def _notice_a_deleted_journal(self) -> bool:
-        """Reopen receipts.jsonl when it was deleted while open, and journal again what went into it since.
+    def _rewind_if_journal_deleted(self) -> bool:
+        """True when receipts.jsonl was deleted while open; the caller reopens it.
 
-        Checked once a second and at each reopen: the lines appended after the
-        last check that found the file in place are appended again (at least
-        once; a reader drops repeats by id).
+        Checked once a second and at each reopen: journaling goes back to the
+        last check that found the file in place, so what went into the deleted
+        file is appended again (at least once; a reader drops repeats by id).
         """
         if not self.journal.deleted():
             self._linked_id = self._journaled_id
@@ -715,10 +719,6 @@ class ReceiptStore:
         log.error("the journal %s was deleted while dlrd was writing it; making a new one and appending "
                   "again the receipts after id %d", self.journal.path, self._linked_id)
         self._journaled_id = self._linked_id
-        try:
-            self.journal.reopen()
-        except OSError as error:  # the next append opens it, or reports why it cannot
-            log.debug("could not make the journal again yet: %s", error)
         return True
 
     def _durable_position(self) -> int | None:
@@ -740,7 +740,7 @@ class ReceiptStore:
             log.debug("could not record the journal position: %s", error)
 
     def _reopen_journal(self, fsync: bool | None, rotation: Rotation | None) -> None:
-        deleted = self._notice_a_deleted_journal()
+        deleted = self._rewind_if_journal_deleted()
         self.journal.reopen(fsync, rotation)
         if deleted:
             self._journal_committed()
