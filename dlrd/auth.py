@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -36,15 +37,33 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
+# An X-Forwarded-For hop as proxies write it: an address, IPv6 maybe in
+# brackets, maybe with the client's port (some load balancers add it).
+_HOP = re.compile(r"\[([^\]]+)\](?::\d{1,5})?|(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}|([^\[\]]+)")
+
+
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    match = _HOP.fullmatch(text.strip())
+    if match is None:
+        return None
     try:
-        address = ipaddress.ip_address(text.strip().strip("[]"))
+        address = ipaddress.ip_address(match.group(1) or match.group(2) or match.group(3))
     except ValueError:
         return None
     # An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d.
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def normalised_address(text: str) -> str:
+    """The address as stored, logged and matched: no brackets or port, IPv4-mapped IPv6 as IPv4.
+
+    Text that holds no address (a proxy's "unknown") becomes "unknown":
+    it is stored and logged, so it must not be a header's raw bytes.
+    """
+    address = _address(text)
+    return str(address) if address is not None else "unknown"
 
 
 @dataclass(frozen=True)
@@ -55,14 +74,15 @@ class SourcePolicy:
     trusted_proxies: tuple[Network, ...] = ()
 
     def client_address(self, peer: str, forwarded_for: str | None) -> str:
-        """The real client: the peer, or, behind a trusted proxy, the nearest untrusted X-Forwarded-For hop."""
+        """The real client, normalised: the peer, or, behind a trusted proxy, the nearest untrusted
+        X-Forwarded-For hop."""
         if not forwarded_for or not self._trusted(peer):
-            return peer
+            return normalised_address(peer)
         hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
         for hop in reversed(hops):
             if not self._trusted(hop):
-                return hop
-        return hops[0] if hops else peer
+                return normalised_address(hop)
+        return normalised_address(hops[0] if hops else peer)
 
     def allows(self, client: str) -> bool:
         if not self.allow_from:

@@ -203,6 +203,16 @@ SETTINGS: tuple[Setting, ...] = (
             "queue behind a locked database), before it is answered 503 with Retry-After and its connection "
             "closed. The receipt is still stored if the commit completes later; the provider's retry then "
             "gets 200 as a duplicate."),
+    Setting("storage", "quarantine_max_bytes", parse_positive_size, "64m",
+            "Most the quarantine table may hold (refused requests kept for replay, bodies and their columns), "
+            "like 64m. Past it, refused requests are answered as usual but not kept: counted in "
+            "dlrd_quarantine_not_kept_total{reason=\"full\"} and logged once a minute. Real receipts are never "
+            "refused because of it. Delete old rows to make room."),
+    Setting("storage", "quarantine_rate", parse_positive_size, "1m",
+            "Bytes of refused requests kept per source address (IPv6: per /64) per minute, with as much again "
+            "as a burst, like 1m (about a thousand receipts). Past it, that source's refused requests are "
+            "answered as usual but not kept: counted in dlrd_quarantine_not_kept_total{reason=\"rate\"} and "
+            "logged once a minute, so one host cannot fill the quarantine or the log."),
     Setting("journal", "directory", parse_text, "",
             f"Directory of receipts.jsonl. Empty: $LOGS_DIRECTORY, or ./{DEFAULT_DATA_DIR}."),
     Setting("journal", "fsync", parse_bool, "no",

@@ -59,14 +59,16 @@ async def _serve(config: Config) -> int:
     metrics = Metrics()
     journal = JournalWriter(config.journal_dir, config["journal", "fsync"], journal_rotation(config))
     store = ReceiptStore(config.database_path, journal, config["storage", "synchronous"],
-                         config["storage", "lock_timeout"])
+                         config["storage", "lock_timeout"], config["storage", "quarantine_max_bytes"])
     store.open()
     store.attach_loop(asyncio.get_running_loop())
     metrics.gauges["dlrd_storage_healthy"] = lambda: float(store.healthy)
     metrics.gauges["dlrd_journal_writable"] = lambda: float(store.journal_writable)
     metrics.gauges["dlrd_commits_total"] = lambda: store.commits
     metrics.gauges["dlrd_committed_jobs_total"] = lambda: store.committed_jobs
-    receipts = ReceiptEndpoint(store, ReportCodeTable(config.report_codes), metrics, credentials(config))
+    receipts = ReceiptEndpoint(store, ReportCodeTable(config.report_codes), metrics, credentials(config),
+                               config["storage", "quarantine_rate"])
+    metrics.gauges["dlrd_quarantine_bytes"] = lambda: store.quarantine_budget.used or 0
     metrics.gauges["dlrd_last_receipt_timestamp_seconds"] = lambda: receipts.last_stored
     app = Application(config, store, receipts, metrics)
     try:
@@ -136,6 +138,8 @@ async def _reload_on_hangup(hangup: asyncio.Event, config: Config, store: Receip
             server.reload(fresh)
             receipts.credentials = credentials(fresh)
             receipts.codes = ReportCodeTable(fresh.report_codes)
+            receipts.quarantine_rate.per_minute = fresh["storage", "quarantine_rate"]
+            store.quarantine_budget.limit = fresh["storage", "quarantine_max_bytes"]
             for warning in fresh.warnings:
                 log.warning("%s", warning)
             config = fresh

@@ -193,6 +193,9 @@ def parse_head(block: bytes) -> RequestHead:
             text = f"{headers[key]}, {text}"
         headers[key] = text
 
+    if version >= (1, 1) and "host" not in headers:
+        # RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
+        raise HttpError(400, "an HTTP/1.1 request needs a Host header")
     head = RequestHead(method, target, version, headers)
     _check_framing(head)
     return head

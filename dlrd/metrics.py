@@ -13,6 +13,9 @@ METRIC_HELP = {
     "dlrd_receipts_stored_total": ("counter", "Receipts committed to the database."),
     "dlrd_receipts_duplicate_total": ("counter", "Provider retries of receipts already stored."),
     "dlrd_receipts_quarantined_total": ("counter", "Requests kept in the quarantine table, by reason kind."),
+    "dlrd_quarantine_not_kept_total": ("counter", "Refused requests answered but not kept in the quarantine: "
+                                       "past quarantine_rate for their source, or quarantine_max_bytes in all."),
+    "dlrd_quarantine_bytes": ("gauge", "What the quarantine table holds, in bytes, against quarantine_max_bytes."),
     "dlrd_requests_refused_total": ("counter", "Requests refused before storage, by HTTP status and reason kind."),
     "dlrd_auth_failures_total": ("counter", "Receipts refused because Username or PIN did not match."),
     "dlrd_tls_handshake_failures_total": ("counter", "HTTPS connections dropped during the TLS handshake."),

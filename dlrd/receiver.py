@@ -18,6 +18,7 @@ from dlrd.codes import ReportCodeTable
 from dlrd.errors import StorageUnavailable
 from dlrd.http import Request, Response, plain_response
 from dlrd.metrics import Metrics
+from dlrd.ratelimit import LogTally, SourceBudget
 from dlrd.receipt import InvalidReceipt, validate_fields
 from dlrd.soap import (
     Envelope,
@@ -34,6 +35,10 @@ from dlrd.store import ReceiptStore, StoredReceipt, insert_quarantine, insert_re
 log = logging.getLogger("dlrd.receipts")
 
 RETRY_AFTER_SECONDS = "30"
+# What of a refused receipt's MessageIdentifier is echoed and logged: the
+# field holds 15 characters at most, and a refusal must not send back or
+# log a megabyte an attacker chose.
+ECHO_LIMIT = 64
 
 Respond = Callable[[Response], None]
 
@@ -82,13 +87,29 @@ class ReceiptEndpoint:
     """Turns a POSTed SubmitDeliveryReceipt into a stored receipt and an answer."""
 
     def __init__(self, store: ReceiptStore, codes: ReportCodeTable, metrics: Metrics,
-                 credentials: Credentials) -> None:
+                 credentials: Credentials, quarantine_rate: int = 1024 * 1024) -> None:
         self.store = store
         self.codes = codes
         self.metrics = metrics
         self.credentials = credentials
         self.last_stored = 0.0
         self.overdue_logged = False  # receipts waited past commit_timeout since commits last completed
+        self.quarantine_rate = SourceBudget(quarantine_rate)
+        self._past_rate = LogTally(
+            log, "not keeping refused requests from %s in the quarantine: past [storage] quarantine_rate; they "
+                 "are answered as usual and counted in dlrd_quarantine_not_kept_total, once a minute here",
+            "%d refused request(s) from %d source(s) answered but not kept in the quarantine, past "
+            "[storage] quarantine_rate (the most from %s)")
+        self._quarantine_full = LogTally(
+            log, "the quarantine is full ([storage] quarantine_max_bytes): a refused request from %s was answered "
+                 "but not kept; delete old quarantine rows or raise the limit (counted once a minute here)",
+            "%d refused request(s) from %d source(s) answered but not kept: the quarantine is full, "
+            "[storage] quarantine_max_bytes (the most from %s)")
+
+    def flush_logs(self) -> None:
+        """Housekeeping: log the counts of requests not kept, when a minute has passed."""
+        self._past_rate.flush()
+        self._quarantine_full.flush()
 
     def serve(self, request: Request, respond: Respond) -> None:
         """Answer the request through `respond`: at once when refused, after the commit when stored.
@@ -118,20 +139,20 @@ class ReceiptEndpoint:
         fault = fault_response(request.head.media_type, envelope.soap_version, True, "authentication failed")
         self._quarantine(request, envelope, received_now(), "authentication failed", "authentication",
                          fault, respond, "authentication failed for a receipt from %s (Username %r); quarantined",
-                         request.remote_addr, username[:40])
+                         request.remote_addr, username[:ECHO_LIMIT])
 
     def _store(self, request: Request, envelope: Envelope, respond: Respond) -> None:
         media_type = request.head.media_type
         received_at = received_now()
-        message_id = envelope.fields.get("MessageIdentifier", "")
         try:
             receipt = validate_fields(envelope.fields, envelope.duplicates)
         except InvalidReceipt as invalid:
             reason = str(invalid)
+            message_id = envelope.fields.get("MessageIdentifier", "")[:ECHO_LIMIT]
             self._quarantine(request, envelope, received_at, reason, "invalid-field",
                              self._answer(media_type, envelope, message_id, -1, reason), respond,
                              "quarantined a receipt from %s (MessageIdentifier %r): %s",
-                             request.remote_addr, message_id[:40], reason)
+                             request.remote_addr, message_id, reason)
             return
 
         def committed(stored: StoredReceipt | None, error: BaseException | None) -> None:
@@ -160,18 +181,28 @@ class ReceiptEndpoint:
         kept: a 503 has already been reported by the store, and saying
         "quarantined" then would send the operator to an empty table.
         """
-        body = redact_pin(request.body, envelope.fields.get("PIN"))
+        body = redact_pin(request.body, envelope.fields.get("PIN"), envelope.encoding)
+        source = request.remote_addr
+        if not self.quarantine_rate.take(source, len(body)):
+            self.metrics.count("dlrd_quarantine_not_kept_total", reason="rate")
+            self._past_rate.note(source)
+            respond(answer)
+            return
 
-        def kept(_quarantine_id: int | None, error: BaseException | None) -> None:
+        def kept(quarantine_id: int | None, error: BaseException | None) -> None:
             if error is not None:
                 respond(self._failure(request, envelope, error))
                 return
-            log.warning(note, *note_args)
-            self.metrics.count("dlrd_receipts_quarantined_total", reason=kind)
+            if quarantine_id is None:
+                self.metrics.count("dlrd_quarantine_not_kept_total", reason="full")
+                self._quarantine_full.note(source)
+            else:
+                log.warning(note, *note_args)
+                self.metrics.count("dlrd_receipts_quarantined_total", reason=kind)
             respond(answer)
 
-        self.store.commit(insert_quarantine(received_at, request.remote_addr, reason, request.head.media_type, body),
-                          kept)
+        self.store.commit(insert_quarantine(received_at, source, reason, request.head.media_type, body,
+                                            self.store.quarantine_budget), kept)
 
     def overdue(self, request: Request, stopping: bool = False) -> Response:
         """A 503 for a receipt whose commit has not completed within commit_timeout (logged once per episode),

@@ -159,12 +159,16 @@ def _parse_answer(answer: bytes) -> SendResult:
     if "content-length" in headers and headers["content-length"].isdigit():
         body = body[: int(headers["content-length"])]
     parsed, problem = None, None
+    content_type = headers.get("content-type", "")
+    charset = next((value.strip().strip('"') for name, _, value in
+                    (parameter.partition("=") for parameter in content_type.split(";")[1:])
+                    if name.strip().lower() == "charset"), None)
     try:
-        parsed = parse_response(body)
+        parsed = parse_response(body, charset)
     except EnvelopeRejected as error:
         problem = str(error)
     return SendResult(int(status_parts[1]), status_parts[2] if len(status_parts) > 2 else "",
-                      headers.get("content-type", ""), body, parsed, problem)
+                      content_type, body, parsed, problem)
 
 
 def describe(result: SendResult) -> str:

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from dlrd.app import Application
+from dlrd.auth import normalised_address
 from dlrd.config import Address, Config
 from dlrd.errors import StartupError
 from dlrd.http import (
@@ -81,7 +82,7 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername")
-        self.peer_addr = self.remote_addr = peer[0] if peer else "unknown"
+        self.peer_addr = self.remote_addr = normalised_address(peer[0]) if peer else "unknown"
         if self.server.at_connection_limit():
             self.state = CLOSED
             transport.abort()
@@ -511,6 +512,7 @@ class HttpServer:
             now = time.monotonic()
             for connection in list(self.connections):
                 connection.expire(now)
+            self.app.receipts.flush_logs()
 
     def note_connection_limit(self) -> None:
         now = time.monotonic()

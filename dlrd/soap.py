@@ -24,7 +24,7 @@ SOAP_ENCODING_NS = "http://schemas.xmlsoap.org/soap/encoding/"
 _VERSION_BY_NS: dict[str, SoapVersion] = {SOAP11_NS: "1.1", SOAP12_NS: "1.2"}
 OPERATION = "SubmitDeliveryReceipt"
 KNOWN_FIELDS = frozenset(("Username", "PIN", "SentTo", "Timestamp1", "MessageIdentifier", "Report"))
-# Each accepted spelling and the name libxml2 is given: it does not know
+# Each accepted spelling, and the name libxml2 is given: it does not know
 # Python's "latin-1", which a Content-Type charset may well say.
 _CANONICAL_ENCODINGS = {
     "utf-8": "utf-8", "utf8": "utf-8",
@@ -32,17 +32,37 @@ _CANONICAL_ENCODINGS = {
     "us-ascii": "us-ascii", "ascii": "us-ascii",
 }
 ACCEPTED_ENCODINGS = frozenset(_CANONICAL_ENCODINGS)
+# The Python codec of each canonical name, for redaction on the decoded text.
+_CODECS = {"utf-8": "utf-8", "iso-8859-1": "latin-1", "us-ascii": "ascii"}
 _UTF8_BOM = b"\xef\xbb\xbf"
-REDACTED_PIN = b"[redacted]"
+# XML 1.0 appendix F.1: the first bytes that tell the encoding family before
+# any declaration is read (byte order marks, then the bytes of "<?" or
+# "<?xm"). libxml2 autodetects each of these and then parses a DTD that no
+# byte pattern of an ASCII-compatible encoding could see.
+_FOREIGN_FIRST_BYTES = (
+    (b"\x00\x00\xfe\xff", "UCS-4 (UTF-32) big-endian"),
+    (b"\xff\xfe\x00\x00", "UCS-4 (UTF-32) little-endian"),
+    (b"\x00\x00\xff\xfe", "UCS-4 in 2143 byte order"),
+    (b"\xfe\xff\x00\x00", "UCS-4 in 3412 byte order"),
+    (b"\xfe\xff", "UTF-16 big-endian"),
+    (b"\xff\xfe", "UTF-16 little-endian"),
+    (b"\x00\x00\x00\x3c", "UCS-4 (UTF-32) big-endian"),
+    (b"\x3c\x00\x00\x00", "UCS-4 (UTF-32) little-endian"),
+    (b"\x00\x00\x3c\x00", "UCS-4 in 2143 byte order"),
+    (b"\x00\x3c\x00\x00", "UCS-4 in 3412 byte order"),
+    (b"\x00\x3c\x00\x3f", "UTF-16 big-endian"),
+    (b"\x3c\x00\x3f\x00", "UTF-16 little-endian"),
+    (b"\x4c\x6f\xa7\x94", "EBCDIC"),
+)
+REDACTED_PIN = "[redacted]"
 
-# The XML declaration's encoding, read before parsing so that only the
-# encodings the SPEC promises reach libxml2 (a UTF-16 body would otherwise
-# slip past the byte-level DOCTYPE check below).
-_DECLARED_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+# The XML declaration's encoding. Read from the raw bytes, which is sound
+# only once the body is known to be in an ASCII-compatible encoding.
+_DECLARED_ENCODING = re.compile(rb"""<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 # A prefix is any XML name, non-ASCII letters included: matching only ASCII
 # word characters let <ñs:PIN> through unredacted.
 _PIN_ELEMENT = re.compile(
-    rb"(<(?:[^\s<>/:!?=\"']+:)?PIN(?=[\s>/])[^>]*(?<!/)>)(.*?)(</(?:[^\s<>/:!?=\"']+:)?PIN\s*>)", re.DOTALL
+    r"(<(?:[^\s<>/:!?=\"']+:)?PIN(?=[\s>/])[^>]*(?<!/)>)(.*?)(</(?:[^\s<>/:!?=\"']+:)?PIN\s*>)", re.DOTALL
 )
 # libxml2 appends "use XML_PARSE_HUGE option" to its limit errors: a switch
 # of the library, of no use to the sender and none of its business.
@@ -70,13 +90,37 @@ class Envelope:
     operation_ns: str | None
     fields: dict[str, str] = field(default_factory=dict)
     duplicates: tuple[str, ...] = ()
+    # The encoding the body was read in (canonical name), so its PIN can be redacted in the text.
+    encoding: str = field(default="utf-8", compare=False)
+
+
+class _RefuseEveryResource(etree.Resolver):
+    """libxml2 asks lxml's resolvers before it opens any DTD, entity or URL: refuse them all.
+
+    The parser's options already tell libxml2 to load nothing; this makes
+    "nothing" hold even if an option is dropped or libxml2 changes its
+    mind, as it did for external parameter entities when `collect_ids=False`
+    was set (it opened /etc/passwd, a FIFO, /dev/zero).
+    """
+
+    def resolve(self, url: str | None, pubid: str | None, context: object) -> None:
+        raise ForbiddenResource(url or pubid or "an external resource")
+
+
+class ForbiddenResource(Exception):
+    """The document named an external resource; the resolver refused it before anything was opened."""
 
 
 _parsers = threading.local()
 
 
-def _parser(encoding: str | None) -> etree.XMLParser:
-    """One hardened parser per thread and encoding (lxml parsers are not thread-safe)."""
+def _parser(encoding: str) -> etree.XMLParser:
+    """One hardened parser per thread and encoding (lxml parsers are not thread-safe).
+
+    No `collect_ids=False`: it sets libxml2's XML_SKIP_IDS flag, which
+    libxml2 also reads as "load the DTD's subsets", so external parameter
+    entities were opened with every other loading option off.
+    """
     cache = _parsers.__dict__.setdefault("by_encoding", {})
     parser = cache.get(encoding)
     if parser is None:
@@ -86,13 +130,50 @@ def _parser(encoding: str | None) -> etree.XMLParser:
             no_network=True,
             load_dtd=False,
             dtd_validation=False,
+            attribute_defaults=False,
             huge_tree=False,
             remove_comments=True,
             remove_pis=True,
-            collect_ids=False,
         )
+        parser.resolvers.add(_RefuseEveryResource())
         cache[encoding] = parser
     return parser
+
+
+def body_encoding(body: bytes, charset: str | None = None) -> str:
+    """The encoding a body must be read in, decided before libxml2 sees a byte; refuse all but SPEC's.
+
+    XML 1.0 appendix F: a byte order mark, or the first bytes of "<?xml" in
+    a multi-byte or EBCDIC encoding, decide the family; then the
+    declaration names the encoding; without one the HTTP charset does
+    (the declaration wins over it, as before); else UTF-8. A NUL byte is
+    never XML in an ASCII-compatible encoding, so any body holding one is
+    UTF-16 or UTF-32 without a byte order mark, or not XML at all. The
+    result is imposed on the parser: libxml2 never guesses.
+    """
+    for first_bytes, family in _FOREIGN_FIRST_BYTES:
+        if body.startswith(first_bytes):
+            raise EncodingRefused(f"the body is {family}; it must be UTF-8 or ISO-8859-1")
+    if b"\x00" in body:
+        raise EncodingRefused("the body holds NUL bytes (UTF-16 or UTF-32?); it must be UTF-8 or ISO-8859-1")
+    bom = body.startswith(_UTF8_BOM)
+    declared = _DECLARED_ENCODING.match(body, 3 if bom else 0)
+    name = declared.group(1).decode("ascii").lower() if declared else None
+    if name is not None and name not in ACCEPTED_ENCODINGS:
+        raise EncodingRefused("the body must be UTF-8 or ISO-8859-1")
+    if bom:
+        if name is not None and _CANONICAL_ENCODINGS[name] == "iso-8859-1":
+            raise EncodingRefused("the body starts with a UTF-8 byte order mark but declares ISO-8859-1")
+        return "utf-8"
+    if name is None and charset:
+        name = charset.lower()
+        if name not in ACCEPTED_ENCODINGS:
+            raise EncodingRefused("the body must be UTF-8 or ISO-8859-1")
+    return _CANONICAL_ENCODINGS[name] if name else "utf-8"
+
+
+class EncodingRefused(ValueError):
+    """The body is not in an encoding SPEC accepts; the reason says which it seems to be."""
 
 
 def _local(tag: str) -> str:
@@ -111,25 +192,15 @@ def parse_envelope(body: bytes, charset: str | None = None, version_hint: SoapVe
     `charset` is the one from the Content-Type header; the XML declaration,
     when it names an encoding, wins, as XML 1.0 appendix F says.
     """
+    try:
+        encoding = body_encoding(body, charset)
+    except EncodingRefused as refused:
+        raise EnvelopeRejected(str(refused), version_hint) from None
+    # Sound now that the body is known to be UTF-8 or ISO-8859-1: in either,
+    # "<!DOCTYPE" is these very bytes.
     if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
         raise EnvelopeRejected("DTDs and entity declarations are not allowed", version_hint)
-    declared = _DECLARED_ENCODING.match(body)
-    encoding = declared.group(1).decode("ascii").lower() if declared else None
-    if encoding is None and body.startswith(_UTF8_BOM):
-        encoding = "utf-8"
-    if encoding is None and charset:
-        encoding = charset.lower()
-    if body.startswith((b"\xff\xfe", b"\xfe\xff")) or (encoding and encoding not in ACCEPTED_ENCODINGS):
-        raise EnvelopeRejected("the body must be UTF-8 or ISO-8859-1", version_hint)
-    # The encoding is imposed on the parser under the name libxml2 knows,
-    # whether it came from the declaration or from the HTTP header.
-    imposed = _CANONICAL_ENCODINGS[encoding] if encoding else None
-    try:
-        root = etree.fromstring(body, _parser(imposed))
-    except etree.XMLSyntaxError as error:
-        raise EnvelopeRejected(f"not well-formed XML ({_short_syntax_error(error)})", version_hint) from None
-    except (ValueError, LookupError):
-        raise EnvelopeRejected("not well-formed XML", version_hint) from None
+    root = _parse(body, encoding, version_hint, "not well-formed XML")
     if root is None:
         raise EnvelopeRejected("the body is empty", version_hint)
     docinfo = root.getroottree().docinfo
@@ -161,7 +232,19 @@ def parse_envelope(body: bytes, charset: str | None = None, version_hint: SoapVe
         if len(child):
             raise EnvelopeRejected(f"{name} must hold text, not elements", version)
         fields[name] = (child.text or "").strip()
-    return Envelope(version, _namespace(operation.tag), fields, tuple(duplicates))
+    return Envelope(version, _namespace(operation.tag), fields, tuple(duplicates), encoding)
+
+
+def _parse(body: bytes, encoding: str, version_hint: SoapVersion, not_xml: str) -> etree._Element | None:
+    """libxml2's tree of a body whose encoding is decided; every failure is an EnvelopeRejected."""
+    try:
+        return etree.fromstring(body, _parser(encoding))
+    except ForbiddenResource:
+        raise EnvelopeRejected("DTDs and entity declarations are not allowed", version_hint) from None
+    except etree.XMLSyntaxError as error:
+        raise EnvelopeRejected(f"{not_xml} ({_short_syntax_error(error)})", version_hint) from None
+    except (ValueError, LookupError):
+        raise EnvelopeRejected(not_xml, version_hint) from None
 
 
 def _short_syntax_error(error: etree.XMLSyntaxError) -> str:
@@ -258,21 +341,21 @@ def build_fault(version: SoapVersion, sender_at_fault: bool, reason: str) -> byt
     ).encode("utf-8")
 
 
-def redact_pin(body: bytes, pin: str | None = None) -> bytes:
+def redact_pin(body: bytes, pin: str | None = None, encoding: str = "utf-8") -> bytes:
     """The raw body with every PIN element's content replaced, for the quarantine.
 
-    When the parsed PIN is known its bytes are also removed anywhere else
-    they occur, so a PIN smuggled into another field is not kept either.
+    The work is done on the text decoded in the body's own encoding (the
+    one parse_envelope read it in), so a byte pattern can never miss a
+    PIN the parser saw; bytes that do not decode are carried through
+    unchanged. When the parsed PIN is known it is also removed anywhere
+    else it occurs, so a PIN smuggled into another field is not kept either.
     """
-    redacted = _PIN_ELEMENT.sub(lambda match: match.group(1) + REDACTED_PIN + match.group(3), body)
+    codec = _CODECS[encoding]
+    text = body.decode(codec, "surrogateescape")
+    redacted = _PIN_ELEMENT.sub(lambda match: match.group(1) + REDACTED_PIN + match.group(3), text)
     if pin:
-        for encoding in ("utf-8", "iso-8859-1"):
-            try:
-                needle = pin.encode(encoding)
-            except UnicodeEncodeError:
-                continue
-            redacted = redacted.replace(needle, REDACTED_PIN)
-    return redacted
+        redacted = redacted.replace(pin, REDACTED_PIN)
+    return redacted.encode(codec, "surrogateescape")
 
 
 @dataclass(frozen=True)
@@ -286,16 +369,21 @@ class ParsedResponse:
     fault_reason: str | None = None
 
 
-def parse_response(body: bytes) -> ParsedResponse:
-    """Read a SubmitDeliveryReceiptResponse or a Fault with the same hardened parser."""
-    if b"<!DOCTYPE" in body:
-        raise EnvelopeRejected("the response holds a DTD")
+def parse_response(body: bytes, charset: str | None = None) -> ParsedResponse:
+    """Read a SubmitDeliveryReceiptResponse or a Fault with the same hardened parser and encoding rule.
+
+    The receiver may be hostile: it gets exactly the defences a provider's
+    request gets, so `send-test` cannot be made to open a file or hang.
+    """
     try:
-        root = etree.fromstring(body, _parser(None))
-    except etree.XMLSyntaxError as error:
-        raise EnvelopeRejected(f"the response is not XML ({_short_syntax_error(error)})") from None
-    except (ValueError, LookupError):
-        raise EnvelopeRejected("the response is not XML") from None
+        encoding = body_encoding(body, charset)
+    except EncodingRefused as refused:
+        raise EnvelopeRejected(f"the response: {refused}") from None
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        raise EnvelopeRejected("the response holds a DTD")
+    root = _parse(body, encoding, "1.1", "the response is not XML")
+    if root is None or root.getroottree().docinfo.internalDTD is not None:
+        raise EnvelopeRejected("the response is not XML")
     texts: dict[str, str] = {}
     for element in root.iter(etree.Element):
         name = _local(element.tag)

@@ -195,17 +195,57 @@ def insert_receipts(connection: sqlite3.Connection, jobs: list[ReceiptInsert]) -
     return results
 
 
-def insert_quarantine(received_at: str, remote_addr: str, reason: str, content_type: str, body: bytes) -> Job:
-    """The job that keeps a refused request for replay; the caller has already redacted the PIN."""
+_QUARANTINE_SIZE = ("SELECT coalesce(sum(length(body) + length(reason) + length(remote_addr) + length(content_type)"
+                    " + length(received_at)), 0) FROM quarantine")
 
-    def insert(connection: sqlite3.Connection) -> int:
+
+class QuarantineBudget:
+    """How much the quarantine may hold, and how much it holds: touched by the writer thread only.
+
+    Anyone who can reach a receipt path can make a request that is
+    refused and kept; without a cap a flood of them fills the disk, and
+    then real receipts are answered 503. `used` is counted in the database
+    at start, and again by the next quarantine job after a failed
+    transaction (which may have counted rows it did not keep).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used: int | None = None
+
+
+class QuarantineInsert:
+    """The job that keeps a refused request for replay, if the quarantine has room; None when it had not.
+
+    The caller has already redacted the PIN.
+    """
+
+    __slots__ = ("budget", "params", "size")
+
+    def __init__(self, received_at: str, remote_addr: str, reason: str, content_type: str, body: bytes,
+                 budget: QuarantineBudget) -> None:
+        self.params = (received_at, remote_addr, reason, content_type, body)
+        self.size = len(body) + len(reason) + len(remote_addr) + len(content_type) + len(received_at)
+        self.budget = budget
+
+    def __call__(self, connection: sqlite3.Connection) -> int | None:
+        budget = self.budget
+        if budget.used is None:
+            budget.used = connection.execute(_QUARANTINE_SIZE).fetchone()[0]
+        if budget.used + self.size > budget.limit:
+            return None
         cursor = connection.execute(
             "INSERT INTO quarantine (received_at, remote_addr, reason, content_type, body) VALUES (?, ?, ?, ?, ?)",
-            (received_at, remote_addr, reason, content_type, body),
+            self.params,
         )
+        budget.used += self.size
         return cursor.lastrowid or 0
 
-    return insert
+
+def insert_quarantine(received_at: str, remote_addr: str, reason: str, content_type: str, body: bytes,
+                      budget: QuarantineBudget) -> QuarantineInsert:
+    """The job that keeps a refused request for replay within `budget`; the caller has already redacted the PIN."""
+    return QuarantineInsert(received_at, remote_addr, reason, content_type, body, budget)
 
 
 def probe_write(connection: sqlite3.Connection) -> bool:
@@ -338,6 +378,7 @@ JOURNAL_CHUNK = 1000
 # every line lets readers drop. It is recorded exactly at a clean stop and
 # at each reopen.
 POSITION_SECONDS = 1.0
+IDLE_CHECK_SECONDS = 1.0
 CHECKPOINT_SECONDS = 0.25
 # A failure of the same kind back this soon after the last one was logged is
 # the same episode (a disk hovering at full: each checkpoint frees room for a
@@ -354,6 +395,44 @@ class StorageCondition:
 
     kind: str  # "locked", "read-only" or "write"
     text: str
+
+
+class DatabaseFile:
+    """The database file as dlrd opened it, to notice when its path stops naming it.
+
+    A database deleted or replaced under a running daemon keeps taking
+    commits into a file that nobody will open again: after a restart those
+    receipts are gone though each was answered 200. So the writer compares
+    the open file with the path before and after every transaction, and
+    once a second when idle.
+
+    The descriptor is held until every SQLite connection of the process is
+    closed: closing any descriptor of a file drops the POSIX locks the
+    process holds on it, SQLite's included (fcntl(2)).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        opened = os.fstat(self._fd)
+        self._identity = (opened.st_dev, opened.st_ino)
+
+    def lost(self) -> str | None:
+        """None while the path names the open file; else what became of it, for the operator."""
+        if os.fstat(self._fd).st_nlink == 0:
+            return "deleted"
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return "moved away"
+        except OSError:
+            return None  # cannot tell (a permission change): the commits themselves will say
+        if (now.st_dev, now.st_ino) != self._identity:
+            return "replaced by another file"
+        return None
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class Checkpointer:
@@ -411,7 +490,7 @@ class ReceiptStore:
     """The database and journal behind one writer thread."""
 
     def __init__(self, database: Path, journal: JournalWriter, synchronous: str = "full",
-                 lock_timeout: float = 5.0) -> None:
+                 lock_timeout: float = 5.0, quarantine_max_bytes: int = 64 * 1024 * 1024) -> None:
         self.database = database
         self.journal = journal
         self.synchronous = synchronous
@@ -422,6 +501,8 @@ class ReceiptStore:
         # commits / committed_jobs is the mean group-commit batch size.
         self.commits = 0
         self.committed_jobs = 0
+        self.quarantine_budget = QuarantineBudget(quarantine_max_bytes)
+        self._database_file: DatabaseFile | None = None
         self._queue: queue.SimpleQueue[list[_Work] | None] = queue.SimpleQueue()
         self._from_loop: list[_Work] = []  # this loop iteration's jobs, handed over at its end
         self._lock = threading.Lock()
@@ -446,6 +527,8 @@ class ReceiptStore:
             self.database.parent.mkdir(parents=True, exist_ok=True)
             self._connection = connect(self.database, self.lock_timeout, self.synchronous)
             migrate(self._connection)
+            self._database_file = DatabaseFile(self.database)
+            self.quarantine_budget.used = self._connection.execute(_QUARANTINE_SIZE).fetchone()[0]
             position = self._connection.execute("SELECT last_id FROM journal_position").fetchone()[0]
             self.journal.open()
             # The files' last line and the position each may be the further: a power cut can take lines the
@@ -461,6 +544,7 @@ class ReceiptStore:
                 self._id_floor = self._journaled_id
         except (sqlite3.Error, OSError) as error:
             self._disconnect()
+            self._close_database_file()
             self.journal.close()
             disk = self._disk_state()
             raise StartupError(f"cannot open the database {self.database} or the journal in "
@@ -481,6 +565,10 @@ class ReceiptStore:
                 self._queue.put(None)
         if thread is not None:
             thread.join()
+            if self._rewind_if_journal_deleted():
+                # Deleted since the last once-a-second check: the lines written since go into a new file
+                # before the position that counts them is recorded.
+                self._reopen_deleted_journal()
             self._record_position()
         if self._checkpointer is not None:
             self._checkpointer.stop()
@@ -493,6 +581,7 @@ class ReceiptStore:
             self._refuse(item or [], StorageUnavailable("dlrd is shutting down"))
             self._wake(item or [])
         self._disconnect()
+        self._close_database_file()
         self.journal.close()
 
     def submit(self, job: Job) -> Future[Any]:
@@ -583,12 +672,15 @@ class ReceiptStore:
     def _run(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=self.journal.seconds_until_rollover())
+                item = self._queue.get(timeout=self._idle_wait())
             except queue.Empty:
                 try:
                     self.journal.rotate_if_due()  # a time rotation falls due while no receipt comes in
+                    lost = self._database_lost()
+                    if lost is not None:
+                        self._fail(lost)  # /healthz and the log tell at once, not at the next receipt
                 except Exception:  # the writer must outlive any bug, or every later request would hang
-                    log.exception("the writer thread failed on a journal rotation")
+                    log.exception("the writer thread failed on its idle checks")
                 continue
             batch: list[_Work] = []
             while item is not None:
@@ -614,6 +706,11 @@ class ReceiptStore:
             if item is None:
                 return
 
+    def _idle_wait(self) -> float:
+        """How long the idle writer may sleep: until a time rotation, and a second at most (DatabaseFile)."""
+        rollover = self.journal.seconds_until_rollover()
+        return IDLE_CHECK_SECONDS if rollover is None else min(rollover, IDLE_CHECK_SECONDS)
+
     @staticmethod
     def _refuse(works: list[_Work], error: StorageUnavailable) -> None:
         for _work, future, _transactional in works:
@@ -633,21 +730,33 @@ class ReceiptStore:
                     future.set_exception(error)
 
     def _commit(self, batch: list[tuple[Job, _Target]]) -> None:
-        """One transaction for the whole batch, then the journal, then the waiters: 200 follows commit."""
+        """One transaction for the whole batch, then the journal, then the waiters: 200 follows commit.
+
+        The database file is checked before and after: a commit into a
+        file that was deleted or replaced meanwhile is answered 503 and
+        not journaled, since no restart will ever read it.
+        """
+        lost = self._database_lost()
+        if lost is not None:
+            self._refuse_batch(batch, lost)
+            return
         try:
             results = self._transaction([job for job, _future in batch])
         except sqlite3.Error as error:
+            self.quarantine_budget.used = None  # the failed transaction may have counted rows it did not keep
             condition = self._condition_of(error)
             if condition is None:
                 self._isolate(batch, error)
                 return
-            self._fail(condition)
-            failure = StorageUnavailable(condition.text)
-            for _job, future in batch:
-                future.set_exception(failure)
+            self._refuse_batch(batch, condition)
             return
         except Exception as error:
+            self.quarantine_budget.used = None
             self._isolate(batch, error)
+            return
+        lost = self._database_lost()
+        if lost is not None:
+            self._refuse_batch(batch, lost)
             return
         self.commits += 1
         self.committed_jobs += len(batch)
@@ -661,6 +770,29 @@ class ReceiptStore:
             self._journal_committed()
         for (_job, future), result in zip(batch, results):
             future.set_result(result)
+
+    def _refuse_batch(self, batch: list[tuple[Job, _Target]], condition: StorageCondition) -> None:
+        self._fail(condition)
+        failure = StorageUnavailable(condition.text)
+        for _job, future in batch:
+            future.set_exception(failure)
+
+    def _database_lost(self) -> StorageCondition | None:
+        """The condition to report when the database path no longer names the file dlrd has open."""
+        if self._database_file is None:
+            return None
+        what = self._database_file.lost()
+        if what is None:
+            return None
+        return StorageCondition("lost", f"the database {self.database} was {what} while dlrd had it open; "
+                                        "receipts committed into it now would be gone after a restart, so they "
+                                        f"are answered 503: move the file back to {self.database}, or restart "
+                                        "dlrd to use the file now at that path (systemctl restart dlrd)")
+
+    def _close_database_file(self) -> None:
+        if self._database_file is not None:
+            self._database_file.close()
+            self._database_file = None
 
     def _isolate(self, batch: list[tuple[Job, _Target]], error: Exception) -> None:
         """A job failed on its own account: retry the others alone, so one bad receipt fails only itself."""
@@ -745,6 +877,16 @@ class ReceiptStore:
         if deleted:
             self._journal_committed()
         self._record_position()
+
+    def _reopen_deleted_journal(self) -> None:
+        """Make receipts.jsonl again and append what went into the deleted one (see _rewind_if_journal_deleted)."""
+        try:
+            self.journal.reopen()
+        except OSError as error:
+            log.error("cannot make the journal %s again: %s; the receipts are safe in the database and are "
+                      "appended at the next start", self.journal.path, error)
+            return
+        self._journal_committed()
 
     def _journal_committed(self, batch: list[StoredReceipt] | None = None, at_start: bool = False) -> None:
         """Journal every committed receipt not journaled yet; on failure, hold them until it works.

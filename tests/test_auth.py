@@ -171,3 +171,21 @@ def test_send_test_with_credentials(daemon_factory):
 
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert refused.returncode == 4 and "authentication failed" in refused.stdout
+
+
+def test_the_stored_address_from_x_forwarded_for_is_the_address_normalised(daemon_factory):
+    """The header's text was stored raw ("[::ffff:192.0.2.5]"): now the address, as the allow-list reads it."""
+    daemon = daemon_factory("[auth]\nallow_from = 192.0.2.0/24, 2001:db8::/32, 127.0.0.1\n"
+                            "trusted_proxies = 127.0.0.1\n")
+    hops = {"[::ffff:192.0.2.5]": "192.0.2.5", "::ffff:192.0.2.6": "192.0.2.6", "192.0.2.7:4711": "192.0.2.7",
+            "[2001:db8::1]:443": "2001:db8::1", "2001:DB8:0::2": "2001:db8::2"}
+    for number, hop in enumerate(hops):
+        body = ENVELOPE.replace(b"3C7D98A4", f"XFF{number}".encode())
+        assert post(daemon.address, body, extra_headers=f"X-Forwarded-For: {hop}\r\n").status == 200, hop
+
+    stored = [row["remote_addr"] for row in daemon.rows("SELECT remote_addr FROM receipts ORDER BY id")]
+    assert stored == list(hops.values())
+    # A hop that holds no address is neither stored as sent nor allowed.
+    refused = exchange(daemon.address, raw_post_head(100, "<script>"), timeout=5)
+    assert refused.status == 403
+    assert "<script>" not in daemon.log()

@@ -342,6 +342,18 @@ def test_a_huge_text_node_is_quarantined_not_stored(daemon):
     assert_still_serving(daemon)
 
 
+def test_an_oversize_message_identifier_is_echoed_and_logged_only_in_part(daemon):
+    """A 65 000-character MessageIdentifier came back whole in the Report -1 answer and the log line."""
+    [answer] = talk(daemon.address, post_bytes(envelope(b"E" * 63_000)))
+    message_id, report, _text = receipt_answer(answer)
+    assert report == "-1"
+    assert message_id == "E" * 64
+    assert len(answer.body) < 2000
+    lines = [line for line in daemon.log().splitlines() if "EEEEEEEE" in line]
+    assert lines and max(len(line) for line in lines) < 500
+    assert_still_serving(daemon)
+
+
 def test_a_text_node_past_libxml2s_limit_gets_a_client_fault_with_a_raised_limit(roomy_daemon):
     started = time.monotonic()
     [answer] = talk(roomy_daemon.address, post_bytes(envelope(b"H" * 11_000_000)))
@@ -517,6 +529,8 @@ HEAD_ATTACKS = {
     "oversized-request-line-no-end": (b"GET /" + b"a" * 20000, 414),
     "too-many-headers": (b"GET /healthz HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431),
     "headers-too-large": (b"GET /healthz HTTP/1.1\r\nX-A: " + b"b" * 17000 + b"\r\n\r\n", 431),
+    "http-1.1-without-host": (b"POST / HTTP/1.1\r\nContent-Type: text/soap\r\nContent-Length: 0\r\n\r\n", 400),
+    "two-host-headers": (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     "http-0.9": (b"GET /healthz\r\n", 400),
     "http-2-version": (b"GET /healthz HTTP/2.0\r\n\r\n", 505),
     "http-2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),

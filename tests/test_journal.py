@@ -557,3 +557,19 @@ def test_sighup_makes_a_deleted_journal_directory_again_with_the_receipts_it_mis
     wait_for(lambda: current.exists() and b"LOST" in current.read_bytes(), 10, "the journal made again")
     assert soap_report(post(daemon.address, receipt_body("AFTER"))) == 0
     assert [json.loads(text)["message_id"] for text in current.read_text().splitlines()][-2:] == ["LOST", "AFTER"]
+
+
+def test_a_journal_deleted_just_before_a_clean_stop_still_gets_every_receipt(daemon):
+    """The deleted-file check ran once a second; a stop inside that second recorded lines no file held."""
+    assert soap_report(post(daemon.address, receipt_body("CHECKED"))) == 0  # a commit that runs the check
+    (daemon.data / "receipts.jsonl").unlink()
+    for message_id in ("GONE1", "GONE2", "GONE3"):
+        assert soap_report(post(daemon.address, receipt_body(message_id))) == 0
+
+    assert daemon.stop() == 0
+    assert {"GONE1", "GONE2", "GONE3"} <= {line["message_id"] for line in daemon.journal()}
+    daemon.start()
+    assert daemon.stop() == 0
+    journaled = [line["message_id"] for line in daemon.journal()]
+    assert sorted(set(journaled) - {"CHECKED"}) == ["GONE1", "GONE2", "GONE3"]
+    assert len(journaled) == len(set(journaled)), "a restart journals nothing twice"

@@ -445,3 +445,58 @@ def test_the_failure_log_rule_for_a_condition_that_keeps_coming_back(tmp_path, m
         recovered,
         failing,  # long after: a new episode
     ]
+
+
+LOST = "while dlrd had it open"
+
+
+def test_a_database_deleted_under_the_running_daemon_is_answered_503_not_200(daemon_factory):
+    daemon = daemon_factory()
+    assert soap_report(post(daemon.address, receipt_body("BEFORE"))) == 0
+    (daemon.data / "dlrd.db").unlink()  # what `rm` does to a file dlrd still holds open
+
+    assert_unavailable(post(daemon.address, receipt_body("AFTER1")))
+    assert_unavailable(post(daemon.address, receipt_body("AFTER2")))
+    assert health(daemon) == 503
+    assert metric(daemon, "dlrd_storage_healthy") == 0
+    log = daemon.log(since_start=True)
+    assert log.count(LOST) == 1, log
+    assert "was deleted" in log and "restart dlrd" in log
+    assert daemon.stop() == 0
+
+    daemon.start()
+    assert daemon.rows("SELECT message_id FROM receipts") == [], "no receipt was answered 200 after the deletion"
+    assert [line["message_id"] for line in daemon.journal()] == ["BEFORE"]
+
+
+def test_a_database_deleted_while_idle_turns_healthz_and_the_metric_within_a_second(daemon_factory):
+    daemon = daemon_factory()
+    (daemon.data / "dlrd.db").unlink()
+
+    wait_for(lambda: metric(daemon, "dlrd_storage_healthy") == 0, 5, "the idle writer to notice")
+    assert daemon.log(since_start=True).count(LOST) == 1
+
+
+def test_a_database_replaced_under_the_running_daemon_is_answered_503_until_it_is_put_back(daemon_factory):
+    daemon = daemon_factory()
+    path = daemon.data / "dlrd.db"
+    assert soap_report(post(daemon.address, receipt_body("BEFORE"))) == 0
+    os.link(path, daemon.directory / "original.db")  # the operator keeps the file dlrd has open
+    with sqlite3.connect(path) as source, sqlite3.connect(daemon.directory / "copy.db") as copy:
+        source.backup(copy)
+    os.replace(daemon.directory / "copy.db", path)  # a backup restored over it, as `mv` does
+
+    assert_unavailable(post(daemon.address, receipt_body("REFUSED")))
+    assert health(daemon) == 503
+    log = daemon.log(since_start=True)
+    assert log.count(LOST) == 1 and "replaced by another file" in log, log
+
+    os.replace(daemon.directory / "original.db", path)  # put back: the path names the open file again
+    assert soap_report(post(daemon.address, receipt_body("AFTER"))) == 0
+    assert health(daemon) == 200
+    assert daemon.log(since_start=True).count(RECOVERED) == 1
+    assert daemon.stop() == 0
+    daemon.start()
+    assert [row["message_id"] for row in daemon.rows("SELECT message_id FROM receipts ORDER BY id")] == [
+        "BEFORE", "AFTER"]
+    assert [line["message_id"] for line in daemon.journal()] == ["BEFORE", "AFTER"]

@@ -116,7 +116,8 @@ def exchange(address: tuple[str, int], raw_request: bytes, timeout: float = 10.0
 
 
 def post(address: tuple[str, int], body: bytes, path: str = "/", content_type: str | None = "text/soap",
-         version: str = "1.0", extra_headers: str = "", tls: ssl.SSLContext | None = None) -> Answer:
+         version: str = "1.0", extra_headers: str = "", tls: ssl.SSLContext | None = None,
+         timeout: float = 10.0) -> Answer:
     """A one-shot POST the way the provider sends it."""
     head = f"POST {path} HTTP/{version}\r\nHost: receiver\r\n"
     if content_type is not None:
@@ -124,7 +125,7 @@ def post(address: tuple[str, int], body: bytes, path: str = "/", content_type: s
     head += f"Content-Length: {len(body)}\r\n{extra_headers}"
     if version == "1.1":
         head += "Connection: close\r\n"
-    return exchange(address, head.encode("latin-1") + b"\r\n" + body, tls=tls)
+    return exchange(address, head.encode("latin-1") + b"\r\n" + body, timeout, tls)
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
