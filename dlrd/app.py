@@ -1,19 +1,19 @@
 """Routing: which path and method reaches which endpoint.
 
 `check_head` answers what can be answered from the request head alone, so
-a refused request's body is never read; `serve` answers complete requests.
+a refused request's body is never read; `serve` answers complete requests,
+in the request's own thread, waiting for storage when it must.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from dlrd.auth import SourcePolicy
 from dlrd.config import Config
-from dlrd.http import Request, RequestHead, Response, plain_response
+from dlrd.messages import Request, RequestHead, Response, plain_response
 from dlrd.metrics import Metrics
-from dlrd.receiver import RETRY_AFTER_SECONDS, ReceiptEndpoint, Respond
+from dlrd.receiver import ReceiptEndpoint
 from dlrd.store import ReceiptStore, probe_write
 
 log = logging.getLogger("dlrd.server")
@@ -35,15 +35,15 @@ class Application:
         self.metrics = metrics
 
     def reload(self, config: Config) -> None:
-        """SIGHUP: receipt paths and the allow-list follow the re-read config."""
+        """SIGHUP: receipt paths and the allow-lists follow the re-read config."""
         self.receipt_paths = set(config["server", "path"])
         self.sources = source_policy(config)
 
     def check_head(self, head: RequestHead, client: str) -> Response | None:
         """Refuse early, before the body is read: unknown path, wrong method, no or too big a length.
 
-        allow_from guards the receipt paths only, so monitors can reach
-        /healthz and /metrics without also being allowed to POST receipts.
+        allow_from guards the receipt paths, monitor_from /healthz and
+        /metrics, so monitors need not also be allowed to POST receipts.
         """
         path = head.path
         length = head.content_length
@@ -56,6 +56,9 @@ class Application:
             if length is None and not head.chunked:
                 return self._refuse(411, "a Content-Length or a chunked body is required")
         elif path in (HEALTH_PATH, METRICS_PATH):
+            if not self.sources.monitors(client):
+                log.warning("refused %s: not in [auth] monitor_from", client)
+                return self._refuse(403, "forbidden")
             if head.method not in ("GET", "HEAD"):
                 return self._refuse(405, f"{path} answers GET", [("Allow", "GET, HEAD")])
         else:
@@ -64,29 +67,26 @@ class Application:
             return self._refuse(413, f"the body is larger than max_body_bytes ({self.max_body})")
         return None
 
-    def serve(self, request: Request, respond: Respond) -> None:
-        """Answer a complete request through `respond`, now or once its receipt is committed."""
+    def serve(self, request: Request) -> Response:
+        """The answer to a complete request: at once, or once its receipt is committed."""
         path = request.head.path
         if path == HEALTH_PATH:
-            asyncio.get_running_loop().create_task(self._health()).add_done_callback(
-                lambda probe: None if probe.cancelled() else respond(probe.result()))
-        elif path == METRICS_PATH:
-            respond(Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"))
-        else:
-            self.receipts.serve(request, respond)
+            return self._health()
+        if path == METRICS_PATH:
+            return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        return self.receipts.serve(request)
 
-    def overdue(self, request: Request, stopping: bool = False) -> Response:
-        """The answer for a request still waiting for storage after commit_timeout, or when dlrd stops."""
-        if request.head.path in self.receipt_paths:
-            return self.receipts.overdue(request, stopping)
-        return plain_response(503, "storage did not answer in time; retry later", close=True,
-                              headers=[("Retry-After", RETRY_AFTER_SECONDS)])
+    def housekeeping(self) -> None:
+        """Twice a second, from the idle selector's thread: what is due without a request to trigger it."""
+        self.receipts.flush_logs()
 
-    async def _health(self) -> Response:
+    def _health(self) -> Response:
         """200 only when a write transaction commits now: the database is writable."""
-        try:
-            await asyncio.wait_for(self.store.committed(probe_write), HEALTH_PROBE_SECONDS)
-        except Exception:  # any failure of the probe means "not writable"; the store logs the cause
+        probe = self.store.submit(probe_write)
+        if not probe.wait(HEALTH_PROBE_SECONDS):
+            probe.cancel()
+            return plain_response(503, "storage unavailable")
+        if probe.error is not None:  # any failure of the probe means "not writable"; the store logs the cause
             return plain_response(503, "storage unavailable")
         return plain_response(200, "ok")
 
@@ -96,5 +96,6 @@ class Application:
 
 
 def source_policy(config: Config) -> SourcePolicy:
-    """allow_from and trusted_proxies from the config, as the server and the router apply them."""
-    return SourcePolicy(tuple(config["auth", "allow_from"]), tuple(config["auth", "trusted_proxies"]))
+    """allow_from, monitor_from and trusted_proxies from the config, as the server and the router apply them."""
+    return SourcePolicy(tuple(config["auth", "allow_from"]), tuple(config["auth", "trusted_proxies"]),
+                        tuple(config["auth", "monitor_from"]))

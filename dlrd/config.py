@@ -164,7 +164,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "request_timeout", parse_seconds, "10",
             "Seconds a client has to send a request's line and headers, and the least time it gets for the body."),
     Setting("server", "max_connections", parse_count, "256",
-            "Open connections at most; a connection past this is closed at once."),
+            "Open connections at most, TLS handshakes included, and so the most request threads dlrd runs "
+            "(an idle kept-alive connection holds none); a connection past this is closed at once."),
+    Setting("server", "max_connections_per_source", parse_count, "32",
+            "Open connections at most from one source address (IPv6: one /64), so one host can never hold "
+            "the connections the provider needs; a connection past it is closed at once."),
     Setting("server", "keepalive_timeout", parse_seconds, "15",
             "Seconds an idle kept-alive connection is held open waiting for the client's next request."),
     Setting("server", "min_body_rate", parse_positive_size, "1k",
@@ -184,6 +188,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth", "allow_from", parse_networks, "",
             "Source addresses or CIDRs allowed to POST, comma-separated, IPv4 and IPv6. Others get 403 before "
             "their body is read. Empty: all sources."),
+    Setting("auth", "monitor_from", parse_networks, "",
+            "Source addresses or CIDRs allowed to GET /healthz and /metrics, comma-separated. Others get 403. "
+            "Empty: all sources. With allow_from set too, a source in neither list is closed as it connects, "
+            "before a thread or a TLS handshake is spent on it."),
     Setting("auth", "trusted_proxies", parse_networks, "",
             "Addresses of reverse proxies (nginx) whose X-Forwarded-For header is believed for allow_from and "
             "the stored remote address. Empty: X-Forwarded-For is ignored."),

@@ -1,15 +1,18 @@
 """`dlrd serve`: assemble the daemon from its parts and run it until told to stop.
 
-Signal handlers only set an event; the main coroutine does the work, so a
-signal never interrupts a transaction halfway.
+Signal handlers do nothing but let Python write the signal's number into a
+socketpair (signal.set_wakeup_fd); the main thread's loop reads it and
+does the work, so a signal never interrupts a transaction or a write
+halfway. The same loop feeds systemd's watchdog.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
+import select
 import signal
+import socket
 import sys
 
 from dlrd import __version__
@@ -29,10 +32,12 @@ log = logging.getLogger("dlrd")
 
 # Keys whose new value SIGHUP cannot apply to a running daemon.
 RESTART_ONLY = (
-    ("server", "listen"), ("server", "tls_listen"), ("server", "tls_client_ca"), ("server", "max_connections"),
+    ("server", "listen"), ("server", "tls_listen"), ("server", "max_connections"),
     ("server", "max_body_bytes"), ("server", "request_timeout"), ("storage", "database"),
     ("storage", "synchronous"), ("storage", "lock_timeout"), ("journal", "directory"),
 )
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+JOURNAL_REOPEN_SECONDS = 30.0
 
 
 def configure_logging(level: str) -> None:
@@ -47,81 +52,90 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def serve(config: Config) -> int:
-    """Run until SIGTERM or SIGINT; raise StartupError if something needed is unusable."""
-    configure_logging(config["log", "level"])
-    # A full file-size limit must surface as EFBIG on write (a 503), not kill the daemon.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    return asyncio.run(_serve(config))
+class Daemon:
+    """The parts of a running dlrd, and what SIGHUP and SIGTERM do to them."""
 
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        journal = JournalWriter(config.journal_dir, config["journal", "fsync"], journal_rotation(config))
+        self.store = ReceiptStore(config.database_path, journal, config["storage", "synchronous"],
+                                  config["storage", "lock_timeout"], config["storage", "quarantine_max_bytes"])
+        self.receipts = ReceiptEndpoint(self.store, ReportCodeTable(config.report_codes), self.metrics,
+                                        credentials(config), config["storage", "quarantine_rate"],
+                                        config["storage", "commit_timeout"])
+        self.app = Application(config, self.store, self.receipts, self.metrics)
+        self.server: HttpServer | None = None
+        self.notifier = Notifier()
 
-async def _serve(config: Config) -> int:
-    metrics = Metrics()
-    journal = JournalWriter(config.journal_dir, config["journal", "fsync"], journal_rotation(config))
-    store = ReceiptStore(config.database_path, journal, config["storage", "synchronous"],
-                         config["storage", "lock_timeout"], config["storage", "quarantine_max_bytes"])
-    store.open()
-    store.attach_loop(asyncio.get_running_loop())
-    metrics.gauges["dlrd_storage_healthy"] = lambda: float(store.healthy)
-    metrics.gauges["dlrd_journal_writable"] = lambda: float(store.journal_writable)
-    metrics.gauges["dlrd_commits_total"] = lambda: store.commits
-    metrics.gauges["dlrd_committed_jobs_total"] = lambda: store.committed_jobs
-    receipts = ReceiptEndpoint(store, ReportCodeTable(config.report_codes), metrics, credentials(config),
-                               config["storage", "quarantine_rate"])
-    metrics.gauges["dlrd_quarantine_bytes"] = lambda: store.quarantine_budget.used or 0
-    metrics.gauges["dlrd_last_receipt_timestamp_seconds"] = lambda: receipts.last_stored
-    app = Application(config, store, receipts, metrics)
-    try:
-        server = HttpServer(config, app, metrics)
-        await server.start()
-    except BaseException:
-        store.close()
-        raise
-    for warning in config.warnings:
-        log.warning("%s", warning)
+    def start(self) -> None:
+        """Open the storage and bind every listener; StartupError if one is unusable."""
+        metrics, store = self.metrics, self.store
+        store.open()
+        metrics.gauges["dlrd_storage_healthy"] = lambda: float(store.healthy)
+        metrics.gauges["dlrd_journal_writable"] = lambda: float(store.journal_writable)
+        metrics.gauges["dlrd_commits_total"] = lambda: store.commits
+        metrics.gauges["dlrd_committed_jobs_total"] = lambda: store.committed_jobs
+        metrics.gauges["dlrd_last_receipt_timestamp_seconds"] = lambda: self.receipts.last_stored
+        metrics.gauges["dlrd_quarantine_bytes"] = lambda: store.quarantine_budget.used or 0
+        try:
+            self.server = HttpServer(self.config, self.app, metrics)
+            self.server.start()
+        except BaseException:
+            if self.server is not None:
+                self.server.close_listeners()
+            store.close()
+            raise
 
-    stop = asyncio.Event()
-    hangup = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, hangup.set)
-    notifier = Notifier()
-    reloader = loop.create_task(_reload_on_hangup(hangup, config, store, app, receipts, server, notifier))
-    log.info("dlrd %s storing receipts in %s, journal in %s", __version__, config.database_path,
-             config.journal_dir)
-    for url in server.bound:
-        log.info("listening on %s", url)
-    notifier.ready(f"listening on {', '.join(server.bound)}")
-    watchdog = loop.create_task(_feed_watchdog(notifier, store)) if notifier.watchdog_interval else None
-    await stop.wait()
-    notifier.stopping()
-    reloader.cancel()
-    if watchdog is not None:
-        watchdog.cancel()
-    log.info("stopping: finishing requests in progress")
-    await server.stop()
-    store.close()
-    log.info("stopped")
-    return 0
+    def run(self) -> int:
+        """The main loop: signals in, the watchdog out, until SIGTERM or SIGINT."""
+        assert self.server is not None
+        wake_in, wake_out = socket.socketpair()
+        wake_in.setblocking(False)
+        wake_out.setblocking(False)
+        previous = signal.set_wakeup_fd(wake_out.fileno(), warn_on_full_buffer=False)
+        handlers = {signum: signal.signal(signum, _ignore) for signum in (*STOP_SIGNALS, signal.SIGHUP)}
+        try:
+            for warning in self.config.warnings:
+                log.warning("%s", warning)
+            log.info("dlrd %s storing receipts in %s, journal in %s", __version__, self.config.database_path,
+                     self.config.journal_dir)
+            for url in self.server.bound:
+                log.info("listening on %s", url)
+            self.notifier.ready(f"listening on {', '.join(self.server.bound)}")
+            while True:
+                readable, _, _ = select.select([wake_in], [], [], self.notifier.watchdog_interval)
+                if not readable:
+                    if self.store.writer_alive() and self.server.alive():
+                        self.notifier.watchdog()
+                    continue
+                signals = set(wake_in.recv(64))
+                if signals & {int(signum) for signum in STOP_SIGNALS}:
+                    break
+                if int(signal.SIGHUP) in signals:
+                    self.reload()
+        finally:
+            signal.set_wakeup_fd(previous)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            wake_in.close()
+            wake_out.close()
+        self.stop()
+        return 0
 
+    def stop(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping: finishing requests in progress")
+        assert self.server is not None
+        self.server.stop()
+        self.store.close()
+        log.info("stopped")
 
-def journal_rotation(config: Config) -> Rotation:
-    return Rotation(config["journal", "rotate_bytes"], config["journal", "rotate_when"],
-                    config["journal", "rotate_utc"], config["journal", "backups"], config["journal", "compress"])
-
-
-def credentials(config: Config) -> Credentials:
-    return Credentials(config["auth", "username"], config["auth", "pin"])
-
-
-async def _reload_on_hangup(hangup: asyncio.Event, config: Config, store: ReceiptStore, app: Application,
-                            receipts: ReceiptEndpoint, server: HttpServer, notifier: Notifier) -> None:
-    """SIGHUP: re-read the config, reload the certificate, reopen the journal; never drop a connection."""
-    while True:
-        await hangup.wait()
-        hangup.clear()
-        notifier.reloading()
+    def reload(self) -> None:
+        """SIGHUP: re-read the config, reload the certificate, reopen the journal; never drop a connection."""
+        assert self.server is not None
+        config = self.config
+        self.notifier.reloading()
         log.info("SIGHUP: re-reading %s, reloading the certificate, reopening the journal",
                  config.source or "the built-in defaults")
         try:
@@ -134,26 +148,43 @@ async def _reload_on_hangup(hangup: asyncio.Event, config: Config, store: Receip
             if changed:
                 log.warning("SIGHUP: %s changed; restart dlrd to apply", ", ".join(changed))
             logging.getLogger().setLevel(fresh["log", "level"].upper())
-            app.reload(fresh)
-            server.reload(fresh)
+            self.app.reload(fresh)
+            self.server.reload(fresh)
+            receipts = self.receipts
             receipts.credentials = credentials(fresh)
             receipts.codes = ReportCodeTable(fresh.report_codes)
+            receipts.commit_timeout = fresh["storage", "commit_timeout"]
             receipts.quarantine_rate.per_minute = fresh["storage", "quarantine_rate"]
-            store.quarantine_budget.limit = fresh["storage", "quarantine_max_bytes"]
+            self.store.quarantine_budget.limit = fresh["storage", "quarantine_max_bytes"]
             for warning in fresh.warnings:
                 log.warning("%s", warning)
-            config = fresh
+            self.config = config = fresh
         try:
-            await asyncio.wrap_future(store.reopen_journal(config["journal", "fsync"], journal_rotation(config)))
+            self.store.reopen_journal(config["journal", "fsync"], journal_rotation(config)).result(
+                JOURNAL_REOPEN_SECONDS)
         except Exception as error:
             log.error("SIGHUP: could not reopen the journal: %s", error)
-        notifier.ready("reloaded")
+        self.notifier.ready("reloaded")
 
 
-async def _feed_watchdog(notifier: Notifier, store: ReceiptStore) -> None:
-    """Ping systemd's watchdog while the event loop runs and the writer thread is alive."""
-    assert notifier.watchdog_interval is not None
-    while True:
-        await asyncio.sleep(notifier.watchdog_interval)
-        if store.writer_alive():
-            notifier.watchdog()
+def _ignore(signum: int, frame: object) -> None:
+    """The handler of every signal dlrd acts on: the number reaches the main loop through the wakeup fd."""
+
+
+def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; raise StartupError if something needed is unusable."""
+    configure_logging(config["log", "level"])
+    # A full file-size limit must surface as EFBIG on write (a 503), not kill the daemon.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    daemon = Daemon(config)
+    daemon.start()
+    return daemon.run()
+
+
+def journal_rotation(config: Config) -> Rotation:
+    return Rotation(config["journal", "rotate_bytes"], config["journal", "rotate_when"],
+                    config["journal", "rotate_utc"], config["journal", "backups"], config["journal", "compress"])
+
+
+def credentials(config: Config) -> Credentials:
+    return Credentials(config["auth", "username"], config["auth", "pin"])

@@ -1,11 +1,13 @@
 """Counters and gauges, rendered in the Prometheus text format for /metrics.
 
 Every refusal increments a counter here, so an operator's dashboard shows
-what the log lines say. Updated only from the event-loop thread.
+what the log lines say. Request threads count concurrently: `+=` on a
+Counter is a read and a write, so a lock keeps increments from being lost.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
 
@@ -37,9 +39,12 @@ class Metrics:
     def __init__(self) -> None:
         self.counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
         self.gauges: dict[str, Callable[[], float]] = {}
+        self._lock = threading.Lock()
 
     def count(self, name: str, **labels: str) -> None:
-        self.counters[name, tuple(sorted(labels.items()))] += 1
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self.counters[key] += 1
 
     def value(self, name: str, **labels: str) -> int:
         return self.counters[name, tuple(sorted(labels.items()))]
@@ -51,7 +56,8 @@ class Metrics:
             if name in self.gauges:
                 lines.append(f"{name} {float(self.gauges[name]())!r}")
                 continue
-            samples = [(labels, value) for (metric, labels), value in self.counters.items() if metric == name]
+            with self._lock:
+                samples = [(labels, value) for (metric, labels), value in self.counters.items() if metric == name]
             if not samples and kind == "counter":
                 samples = [((), 0)]
             for labels, value in sorted(samples):

@@ -1,22 +1,21 @@
 """The receipt endpoint: one POSTed envelope in, one SOAP answer out.
 
-The path of a receipt reads straight through here: parse the envelope,
-apply the field rules, hand the receipt to the store and wait for the
-commit, then build the answer. Every refusal is logged, counted and, when
-it was an understood receipt, quarantined, so nothing the provider sent is
-silently lost.
+The path of a receipt reads straight through here, in the request's own
+thread: parse the envelope, apply the field rules, hand the receipt to the
+store and wait for the commit that holds it, then build the answer. Every
+refusal is logged, counted and, when it was an understood receipt,
+quarantined, so nothing the provider sent is silently lost.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 from dlrd.auth import Credentials
 from dlrd.codes import ReportCodeTable
 from dlrd.errors import StorageUnavailable
-from dlrd.http import Request, Response, plain_response
+from dlrd.messages import Request, Response, plain_response
 from dlrd.metrics import Metrics
 from dlrd.ratelimit import LogTally, SourceBudget
 from dlrd.receipt import InvalidReceipt, validate_fields
@@ -30,7 +29,7 @@ from dlrd.soap import (
     redact_pin,
     version_from_content_type,
 )
-from dlrd.store import ReceiptStore, StoredReceipt, insert_quarantine, insert_receipt
+from dlrd.store import Pending, ReceiptStore, insert_quarantine, insert_receipt
 
 log = logging.getLogger("dlrd.receipts")
 
@@ -39,8 +38,6 @@ RETRY_AFTER_SECONDS = "30"
 # field holds 15 characters at most, and a refusal must not send back or
 # log a megabyte an attacker chose.
 ECHO_LIMIT = 64
-
-Respond = Callable[[Response], None]
 
 
 _second_text: tuple[int, str] = (-1, "")
@@ -87,11 +84,12 @@ class ReceiptEndpoint:
     """Turns a POSTed SubmitDeliveryReceipt into a stored receipt and an answer."""
 
     def __init__(self, store: ReceiptStore, codes: ReportCodeTable, metrics: Metrics,
-                 credentials: Credentials, quarantine_rate: int = 1024 * 1024) -> None:
+                 credentials: Credentials, quarantine_rate: int = 1024 * 1024, commit_timeout: float = 15.0) -> None:
         self.store = store
         self.codes = codes
         self.metrics = metrics
         self.credentials = credentials
+        self.commit_timeout = commit_timeout
         self.last_stored = 0.0
         self.overdue_logged = False  # receipts waited past commit_timeout since commits last completed
         self.quarantine_rate = SourceBudget(quarantine_rate)
@@ -111,37 +109,29 @@ class ReceiptEndpoint:
         self._past_rate.flush()
         self._quarantine_full.flush()
 
-    def serve(self, request: Request, respond: Respond) -> None:
-        """Answer the request through `respond`: at once when refused, after the commit when stored.
-
-        Callbacks rather than a coroutine per request: a Task and the
-        futures that wake it cost the event loop thread about as much as
-        parsing the envelope.
-        """
+    def serve(self, request: Request) -> Response:
+        """The answer: at once when refused, after the commit when stored."""
         media_type = request.head.media_type
         try:
             envelope = parse_envelope(request.body, request.head.charset, version_from_content_type(media_type))
         except EnvelopeRejected as rejected:
             log.warning("refused a request from %s: %s", request.remote_addr, rejected.reason)
             self.metrics.count("dlrd_requests_refused_total", status="fault", reason="not-a-receipt")
-            respond(fault_response(media_type, rejected.soap_version, True, rejected.reason))
-            return
-        request.soap_version = envelope.soap_version
+            return fault_response(media_type, rejected.soap_version, True, rejected.reason)
         if self.credentials.required and not self.credentials.accept(envelope.fields):
-            self._refuse_credentials(request, envelope, respond)
-            return
-        self._store(request, envelope, respond)
+            return self._refuse_credentials(request, envelope)
+        return self._store(request, envelope)
 
-    def _refuse_credentials(self, request: Request, envelope: Envelope, respond: Respond) -> None:
+    def _refuse_credentials(self, request: Request, envelope: Envelope) -> Response:
         """Same fault whichever credential was wrong; the request is kept in case the config was the mistake."""
         username = envelope.fields.get("Username", "")
         self.metrics.count("dlrd_auth_failures_total")
         fault = fault_response(request.head.media_type, envelope.soap_version, True, "authentication failed")
-        self._quarantine(request, envelope, received_now(), "authentication failed", "authentication",
-                         fault, respond, "authentication failed for a receipt from %s (Username %r); quarantined",
-                         request.remote_addr, username[:ECHO_LIMIT])
+        return self._quarantine(request, envelope, received_now(), "authentication failed", "authentication",
+                                fault, "authentication failed for a receipt from %s (Username %r); quarantined",
+                                request.remote_addr, username[:ECHO_LIMIT])
 
-    def _store(self, request: Request, envelope: Envelope, respond: Respond) -> None:
+    def _store(self, request: Request, envelope: Envelope) -> Response:
         media_type = request.head.media_type
         received_at = received_now()
         try:
@@ -149,33 +139,43 @@ class ReceiptEndpoint:
         except InvalidReceipt as invalid:
             reason = str(invalid)
             message_id = envelope.fields.get("MessageIdentifier", "")[:ECHO_LIMIT]
-            self._quarantine(request, envelope, received_at, reason, "invalid-field",
-                             self._answer(media_type, envelope, message_id, -1, reason), respond,
-                             "quarantined a receipt from %s (MessageIdentifier %r): %s",
-                             request.remote_addr, message_id, reason)
-            return
-
-        def committed(stored: StoredReceipt | None, error: BaseException | None) -> None:
-            if stored is None:
-                respond(self._failure(request, envelope, error))
-            elif stored.duplicate:
-                self.metrics.count("dlrd_receipts_duplicate_total")
-                respond(self._answer(media_type, envelope, receipt.message_id, 0, "duplicate of a stored receipt"))
-            else:
-                self.metrics.count("dlrd_receipts_stored_total")
-                self.last_stored = time.time()
-                respond(self._answer(media_type, envelope, receipt.message_id, 0, "stored"))
-            if stored is not None and self.overdue_logged:
-                log.warning("commits complete again after receipts waited past commit_timeout")
-                self.overdue_logged = False
-
+            return self._quarantine(request, envelope, received_at, reason, "invalid-field",
+                                    self._answer(media_type, envelope, message_id, -1, reason),
+                                    "quarantined a receipt from %s (MessageIdentifier %r): %s",
+                                    request.remote_addr, message_id, reason)
         code = self.codes.lookup(receipt.report)
-        self.store.commit(insert_receipt(receipt, code, received_at, request.remote_addr, request.tls_client),
-                          committed)
+        pending = self.store.submit(insert_receipt(receipt, code, received_at, request.remote_addr,
+                                                   request.tls_client))
+        late = self._wait(request, envelope, pending)
+        if late is not None:
+            return late
+        stored = pending.value
+        if pending.error is not None:
+            return self._failure(request, envelope, pending.error)
+        if stored.duplicate:
+            self.metrics.count("dlrd_receipts_duplicate_total")
+            return self._answer(media_type, envelope, receipt.message_id, 0, "duplicate of a stored receipt")
+        self.metrics.count("dlrd_receipts_stored_total")
+        self.last_stored = time.time()
+        return self._answer(media_type, envelope, receipt.message_id, 0, "stored")
+
+    def _wait(self, request: Request, envelope: Envelope, pending: Pending) -> Response | None:
+        """Wait for the commit holding the request's job; a 503 when it did not come in time (or dlrd stops)."""
+        request.waiting_on = pending
+        try:
+            finished = pending.wait(self.commit_timeout)
+        finally:
+            request.waiting_on = None
+        if not finished or pending.interrupted:
+            return self.overdue(request, envelope.soap_version, stopping=pending.interrupted)
+        if self.overdue_logged and pending.error is None:
+            log.warning("commits complete again after receipts waited past commit_timeout")
+            self.overdue_logged = False
+        return None
 
     def _quarantine(self, request: Request, envelope: Envelope, received_at: str, reason: str, kind: str,
-                    answer: Response, respond: Respond, note: str, *note_args: object) -> None:
-        """Keep the request, PIN redacted, for replay, then send `answer`; 503 if the database cannot take it.
+                    answer: Response, note: str, *note_args: object) -> Response:
+        """Keep the request, PIN redacted, for replay, then answer `answer`; 503 if the database cannot take it.
 
         `note` (a format for `note_args`) is logged once the request is
         kept: a 503 has already been reported by the store, and saying
@@ -186,45 +186,41 @@ class ReceiptEndpoint:
         if not self.quarantine_rate.take(source, len(body)):
             self.metrics.count("dlrd_quarantine_not_kept_total", reason="rate")
             self._past_rate.note(source)
-            respond(answer)
-            return
+            return answer
+        pending = self.store.submit(insert_quarantine(received_at, source, reason, request.head.media_type, body,
+                                                      self.store.quarantine_budget))
+        late = self._wait(request, envelope, pending)
+        if late is not None:
+            return late
+        if pending.error is not None:
+            return self._failure(request, envelope, pending.error)
+        if pending.value is None:
+            self.metrics.count("dlrd_quarantine_not_kept_total", reason="full")
+            self._quarantine_full.note(source)
+        else:
+            log.warning(note, *note_args)
+            self.metrics.count("dlrd_receipts_quarantined_total", reason=kind)
+        return answer
 
-        def kept(quarantine_id: int | None, error: BaseException | None) -> None:
-            if error is not None:
-                respond(self._failure(request, envelope, error))
-                return
-            if quarantine_id is None:
-                self.metrics.count("dlrd_quarantine_not_kept_total", reason="full")
-                self._quarantine_full.note(source)
-            else:
-                log.warning(note, *note_args)
-                self.metrics.count("dlrd_receipts_quarantined_total", reason=kind)
-            respond(answer)
-
-        self.store.commit(insert_quarantine(received_at, source, reason, request.head.media_type, body,
-                                            self.store.quarantine_budget), kept)
-
-    def overdue(self, request: Request, stopping: bool = False) -> Response:
+    def overdue(self, request: Request, version: SoapVersion, stopping: bool = False) -> Response:
         """A 503 for a receipt whose commit has not completed within commit_timeout (logged once per episode),
-        or by the end of a stop's grace (the server logs that)."""
+        or by the end of a stop's grace (the server logs that). The connection is closed: a late outcome
+        must not be taken for the next request's answer."""
         self.metrics.count("dlrd_storage_failures_total")
         if not stopping and not self.overdue_logged:
             log.error("receipts waited longer than commit_timeout for their commit (is the disk hanging?); "
                       "answering 503 until commits complete again")
             self.overdue_logged = True
-        media_type = request.head.media_type
-        version = request.soap_version or version_from_content_type(media_type)
-        response = unavailable_response(media_type, version,  # type: ignore[arg-type]
+        response = unavailable_response(request.head.media_type, version,
                                         "the receipt could not be stored durably in time; retry later")
         response.close = True
         return response
 
-    def _failure(self, request: Request, envelope: Envelope, error: BaseException | None) -> Response:
+    def _failure(self, request: Request, envelope: Envelope, error: BaseException) -> Response:
         """The answer when the store could not take the job: 503 to retry later, or 500 for a fault of ours."""
         media_type = request.head.media_type
         if isinstance(error, StorageUnavailable):
-            if not request.overdue:  # else it was counted when answered at commit_timeout
-                self.metrics.count("dlrd_storage_failures_total")
+            self.metrics.count("dlrd_storage_failures_total")
             return unavailable_response(media_type, envelope.soap_version,
                                         "the receipt could not be stored durably; retry later")
         log.error("internal error while storing a request from %s", request.remote_addr, exc_info=error)

@@ -1,390 +1,316 @@
-"""The HTTP server: listeners, connections, limits and timeouts.
+"""The HTTP server: stdlib socketserver listeners, http.server request handlers, a bounded pool of threads.
 
-One asyncio event loop owns every socket, so a slow or silent client costs
-a little memory and never a thread: Python's ThreadingHTTPServer starts a
-thread per connection and has no defence against slowloris. Each response
-leaves in one write on a TCP_NODELAY socket (asyncio sets it), avoiding the
-Nagle/delayed-ACK stall of header-then-body writes.
+The path of a connection: a Listener (socketserver.TCPServer, one per
+address, each in its own accept thread) accepts it and judges it before
+anything is spent on it (max_connections, max_connections_per_source,
+allow_from); a worker from the WorkerPool runs its TLS handshake under a
+deadline and a RequestHandler (http.server.BaseHTTPRequestHandler) reads
+each request with the stdlib's parse_request, made strict by
+dlrd.framing; between requests the connection waits in IdleConnections'
+selector, not in a thread. Each answer leaves in one write on a
+TCP_NODELAY socket, avoiding the Nagle/delayed-ACK stall of
+header-then-body writes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import asyncio.sslproto
+import errno
 import logging
+import socket
+import socketserver
 import ssl
+import threading
 import time
+from email.utils import formatdate
 from typing import Any
 
 from dlrd.app import Application
 from dlrd.auth import normalised_address
 from dlrd.config import Address, Config
+from dlrd.connection import ClientConnection, ClientGone, DeadlinePassed
 from dlrd.errors import StartupError
-from dlrd.http import (
-    ChunkedDecoder,
-    HttpError,
-    Request,
-    RequestHead,
-    Response,
-    check_incomplete_head,
-    find_head_end,
-    parse_head,
-    plain_response,
-    render_response,
-)
+from dlrd.framing import HttpError, StrictParsing
+from dlrd.idle import IdleConnections
+from dlrd.messages import Request, RequestHead, Response, plain_response
 from dlrd.metrics import Metrics
-from dlrd.tls import ServerTls, certificate_files, client_identity
+from dlrd.pool import WorkerPool
+from dlrd.ratelimit import source_key
+from dlrd.tls import ServerTls, certificate_files
 
 log = logging.getLogger("dlrd.server")
 access_log = logging.getLogger("dlrd.access")
 
 LISTEN_BACKLOG = 512
-SWEEP_INTERVAL = 0.5
+ACCEPT_POLL_SECONDS = 0.5
 SHUTDOWN_GRACE = 10.0
 ANSWER_FLUSH_SECONDS = 1.0  # after the grace: time for the 503s sent to requests still waiting for storage
 LINGER_SECONDS = 2.0
-READ_BUFFER_BYTES = 64 * 1024
+# After an answer, a worker waits this long on the connection for the next
+# request before handing it to the idle selector: a busy keep-alive client
+# sends it within microseconds, and the hand-over costs two thread switches.
+KEEPALIVE_HOLD_SECONDS = 0.05
+LIMIT_LOG_SECONDS = 60.0
+_PLAIN_HTTP_TEXT = b"this port speaks HTTPS: use an https:// URL\n"
+PLAIN_HTTP_ON_TLS_PORT = (b"HTTP/1.1 400 Bad Request\r\nServer: dlrd\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                          b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                          % (len(_PLAIN_HTTP_TEXT), _PLAIN_HTTP_TEXT))
 
-IDLE, HEAD, BODY, BUSY, CLOSED = "idle", "head", "body", "busy", "closed"
+
+class ConnectionLimits:
+    """max_connections and max_connections_per_source, counted from accept to close (TLS handshakes included)."""
+
+    def __init__(self, total: int, per_source: int) -> None:
+        self.total = total
+        self.per_source = per_source
+        self.open = 0
+        self._by_source: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, key: str) -> str | None:
+        """None and counted when one more connection from `key` may open; else the reason it may not."""
+        with self._lock:
+            if self.open >= self.total:
+                return "max-connections"
+            held = self._by_source.get(key, 0)
+            if held >= self.per_source:
+                return "max-connections-per-source"
+            self.open += 1
+            self._by_source[key] = held + 1
+            return None
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            self.open -= 1
+            held = self._by_source[key] - 1
+            if held:
+                self._by_source[key] = held
+            else:
+                del self._by_source[key]
 
 
-class Connection(asyncio.BufferedProtocol):
-    """One client connection: reads requests one at a time, answers each in order.
+class Listener(socketserver.TCPServer):
+    """One listening address: accepts, judges and hands on; it never reads a byte from a client."""
 
-    A buffered protocol: asyncio's plain one receives into a fresh 256 KiB
-    bytes object per read, and in a socketpair microbenchmark that
-    allocation cost more than the read (13 µs against 3). Here every read
-    lands in the server's one scratch buffer and only the bytes received
-    are copied into the connection's.
+    allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, address: Address, server: HttpServer, tls: bool) -> None:
+        host, port = address
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.dlrd = server
+        self.tls = tls
+        super().__init__((host, port), None, bind_and_activate=True)  # type: ignore[arg-type]
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            # [::]:443 beside 0.0.0.0:443: each family on its own socket, as the ini lists them.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = self.socket.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return self.dlrd.admit(request, client_address[0])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.dlrd.accepted(request, client_address[0], self.tls)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("internal error accepting a connection from %s", client_address[0])
+        self.shutdown_request(request)
+
+    def url(self) -> str:
+        host, port = self.socket.getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+
+class RequestHandler(StrictParsing):
+    """One worker's turn at a connection: its TLS handshake, then requests until it goes idle or closes.
+
+    socketserver runs setup(), handle() and finish() from the constructor;
+    `request` is the ClientConnection and `server` the HttpServer.
     """
 
-    def __init__(self, server: HttpServer) -> None:
-        self.server = server
-        self.transport: asyncio.Transport | None = None
-        self.remote_addr = "unknown"
-        self.peer_addr = "unknown"
-        self.client_cert: str | None = None
-        self.buffer = bytearray()
-        self.state = IDLE
-        self.deadline = 0.0
-        self.head: RequestHead | None = None
-        self.request: Request | None = None  # the one being served, while BUSY
-        self.decoder: ChunkedDecoder | None = None
-        self.body_started = 0.0
-        self.paused = False
-        self.peer_closed = False
-        self.linger_until = 0.0
-        self.write_blocked = False
-        self.dispatching = False
+    server: HttpServer  # type: ignore[assignment]
+    request: ClientConnection  # type: ignore[assignment]
 
-    # asyncio callbacks
+    def setup(self) -> None:
+        self.wfile = _AnswerWriter(self.request, self.server.request_timeout)  # type: ignore[assignment]
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        peer = transport.get_extra_info("peername")
-        self.peer_addr = self.remote_addr = normalised_address(peer[0]) if peer else "unknown"
-        if self.server.at_connection_limit():
-            self.state = CLOSED
-            transport.abort()
+    def finish(self) -> None:
+        pass  # the connection outlives this handler: it waits for its next request, or was closed
+
+    def version_string(self) -> str:
+        return "dlrd"
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        return http_date(time.time() if timestamp is None else timestamp)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # dlrd's access log has its own line (_log_access)
+
+    def handle(self) -> None:
+        connection = self.request
+        server = self.server
+        if connection.tls_context is not None and not server.handshake(connection):
             return
-        self.transport = transport
-        self.client_cert = client_identity(transport.get_extra_info("peercert"))
-        self.server.connections.add(self)
-        self.deadline = time.monotonic() + self.server.request_timeout
-        if self.buffer:
-            # TLS: application data that arrived with the end of the handshake.
-            self._advance()
+        while True:
+            if not connection.pending() and not self._await_request():
+                return
+            if not self.handle_one_request():  # type: ignore[func-returns-value]
+                return
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.state = CLOSED
-        self.server.connections.discard(self)
-
-    def eof_received(self) -> bool:
-        # A client may half-close after sending its request (HTTP/1.0 style):
-        # keep the write side open until its answer is out.
-        self.peer_closed = True
-        if self.state in (IDLE, CLOSED) and not self.buffer:
+    def _await_request(self) -> bool:
+        """True when the next request's first bytes are here; otherwise the connection waits in the idle
+        selector (or is closed at its deadline) and this worker is free."""
+        connection = self.request
+        server = self.server
+        if server.stopping and connection.served:
+            server.close(connection)
             return False
-        self._advance()
-        # Half a request followed by EOF will never complete: close. Stay
-        # open while an answer is pending or a pipelined request still waits.
-        return self.state == BUSY or (self.state == IDLE and bool(self.buffer))
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        # Safe to share: asyncio calls buffer_updated right after the read
-        # that filled it, and one event loop thread serves every connection.
-        return self.server.read_buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.state == CLOSED:
-            return
-        self.buffer += self.server.read_buffer[:nbytes]
-        if self.transport is None:
-            return  # TLS: bytes that came with the handshake's end, read once connection_made runs
-        if self.state != BUSY and not self.write_blocked:
-            self._advance()
-        # Pipelined bytes wait until the current answer is out; stop
-        # reading once they exceed what one request may hold.
-        if len(self.buffer) > self._buffer_limit() and not self.paused and self.state != CLOSED:
-            self._pause()
-
-    def pause_writing(self) -> None:
-        # asyncio's write buffer passed its high-water mark: the client is not
-        # reading its answers. Read and answer nothing more until it does, or
-        # pipelined requests would pile their answers up in memory.
-        self.write_blocked = True
-        if not self.paused:
-            self._pause()
-
-    def resume_writing(self) -> None:
-        self.write_blocked = False
-        if self.state in (IDLE, HEAD, BODY):
-            self._next_request()
-
-    # request reading
-
-    def _advance(self) -> None:
+        idle_until = connection.idle_until
         try:
-            self._read_requests()
+            connection.receive(min(time.monotonic() + KEEPALIVE_HOLD_SECONDS, idle_until))
+            return True
+        except DeadlinePassed:
+            if time.monotonic() >= idle_until:
+                server.close(connection)
+            else:
+                server.idle.wait(connection, idle_until)
+            return False
+        except ClientGone:
+            server.close(connection)
+            return False
+
+    def handle_one_request(self) -> bool:  # type: ignore[override]
+        """Read, serve and answer one request; True when the connection stays open for the next."""
+        connection = self.request
+        server = self.server
+        try:
+            self.parse_head_block(connection.read_head(server.request_timeout))
         except HttpError as error:
-            self.server.metrics.count("dlrd_requests_refused_total", status=str(error.status), reason="http")
-            log.info("refused a request from %s: %d %s", self.remote_addr, error.status, error.reason)
-            self._send(plain_response(error.status, error.reason, close=True), keep_alive=False)
-
-    def _read_requests(self) -> None:
-        now = time.monotonic()
-        if self.state == IDLE:
-            if not self.buffer:
-                return
-            self.state = HEAD
-            self.deadline = now + self.server.request_timeout
-        if self.state == HEAD:
-            end = find_head_end(self.buffer)
-            if end < 0:
-                check_incomplete_head(self.buffer)
-                return
-            head = parse_head(bytes(self.buffer[:end]))
-            del self.buffer[:end]
-            forwarded_for = head.headers.get("x-forwarded-for")
-            self.remote_addr = self.server.app.sources.client_address(self.peer_addr, forwarded_for)
-            refusal = self.server.app.check_head(head, self.remote_addr)
-            if refusal is not None:
-                self._log_access(head, refusal)
-                self._send(refusal, keep_alive=False)
-                return
-            if head.expects_continue:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
-            self.head = head
-            self.decoder = ChunkedDecoder(self.server.max_body) if head.chunked else None
-            self.body_started = now
-            self.state = BODY
-        if self.state == BODY:
-            head = self.head
-            assert head is not None
-            if self.decoder is not None:
-                if not self.decoder.feed(self.buffer):
-                    return
-                body = bytes(self.decoder.body)
-            else:
-                length = head.content_length or 0
-                if len(self.buffer) < length:
-                    return
-                body = bytes(self.buffer[:length])
-                del self.buffer[:length]
-            self._dispatch(head, body)
-
-    def _dispatch(self, head: RequestHead, body: bytes) -> None:
-        self.state = BUSY
-        self.deadline = time.monotonic() + self.server.commit_timeout
-        request = self.request = Request(head, body, self.remote_addr, self.client_cert)
-        self.dispatching = True
+            return self._refuse(error, None)
+        except DeadlinePassed:
+            return self._timed_out("head")
+        except ClientGone:
+            server.close(connection)
+            return False
+        head = RequestHead(self.command, self.path, self.version, self.headers, self.expects_continue)
+        app = server.app
+        connection.remote_addr = app.sources.client_address(connection.peer_addr, head.forwarded_for)
+        refusal = app.check_head(head, connection.remote_addr)
+        if refusal is not None:
+            return self._answer(head, refusal)
         try:
-            self.server.app.serve(request, lambda response: self._respond(request, response))
+            if head.expects_continue:
+                self.send_response_only(100)
+                self.end_headers()
+            body = connection.read_body(None if head.chunked else head.content_length or 0, server.max_body,
+                                        server.request_timeout, server.min_body_rate)
+        except HttpError as error:
+            return self._refuse(error, head)
+        except DeadlinePassed:
+            return self._timed_out("body")
+        except ClientGone:
+            server.close(connection)
+            return False
+        request = connection.request = Request(head, body, connection.remote_addr, connection.tls_client)
+        try:
+            response = app.serve(request)
         except Exception:
-            log.exception("internal error while serving %s %s from %s", head.method, head.path, self.remote_addr)
-            self._respond(request, plain_response(500, "internal error", close=True))
+            log.exception("internal error while serving %s %s from %s", head.method, head.path,
+                          connection.remote_addr)
+            response = plain_response(500, "internal error", close=True)
         finally:
-            self.dispatching = False
+            connection.request = None
+        return self._answer(head, response)
 
-    def _respond(self, request: Request, response: Response) -> None:
-        if self.state != BUSY:
-            return  # the client went away, or was answered 503 past commit_timeout, while this was committed
-        self.request = None
-        self._log_access(request.head, response)
-        # A client that pipelined requests and then half-closed still gets
-        # every answer: EOF ends the connection only once nothing is left.
-        keep_alive = (request.head.keep_alive and not response.close and not self.server.stopping
-                      and not (self.peer_closed and not self.buffer))
-        self._send(response, keep_alive, head_only=request.head.method == "HEAD")
-        if not keep_alive:
-            return
-        self.state = IDLE
-        self.head = None
-        self.decoder = None
-        self.deadline = time.monotonic() + self.server.keepalive_timeout
-        if self.write_blocked:
-            return  # resume_writing carries on once the client reads
-        if self.dispatching:
-            # Answered at once (a refusal): read the next pipelined request
-            # from the loop, not from inside this one, so a client that
-            # pipelines a thousand bad requests cannot nest a thousand calls.
-            asyncio.get_running_loop().call_soon(self._next_request)
-        else:
-            self._next_request()
+    def _refuse(self, error: HttpError, head: RequestHead | None) -> bool:
+        """A request whose framing cannot be trusted: answer, then close, whatever it said."""
+        self.server.metrics.count("dlrd_requests_refused_total", status=str(error.status), reason="http")
+        log.info("refused a request from %s: %d %s", self.request.remote_addr, error.status, error.reason)
+        self.request.buffer.clear()
+        return self._answer(head, plain_response(error.status, error.reason, close=True), refusal=True)
 
-    def _next_request(self) -> None:
-        """Read and answer what the client sent next, now that the last answer is out."""
-        if self.write_blocked:
-            return  # the client stopped reading since this was scheduled; resume_writing calls again
-        self._advance()
-        if self.peer_closed and (self.state in (HEAD, BODY) or (self.state == IDLE and not self.buffer)):
-            # What is left after EOF is half a request that can never complete.
-            self.state = CLOSED
-            self.transport.close()  # type: ignore[union-attr]
-        elif self.paused and self.state != CLOSED and len(self.buffer) <= self._buffer_limit():
-            # Read on only once the pipelined bytes already held are used up,
-            # else each answer would let another read's worth pile up.
-            self.paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
-
-    def _buffer_limit(self) -> int:
-        """Bytes read ahead of the request being served: one request's worth at most."""
-        return self.server.max_body + 2 * 16384
-
-    # answering
-
-    def _send(self, response: Response, keep_alive: bool, head_only: bool = False) -> None:
-        transport = self.transport
-        assert transport is not None
-        data = render_response(response.status, response.all_headers(), response.body, time.time(), keep_alive)
-        if head_only:
-            data = data[: len(data) - len(response.body)]
-        transport.write(data)
-        if not keep_alive:
-            self.state = CLOSED
-            if transport.can_write_eof() and not self.peer_closed:
-                # RFC 9112 §9.6: close in two steps. Closing with request bytes
-                # still unread makes the kernel send a reset, which can destroy
-                # the answer (a 413, a 403) before the client reads it; so send
-                # FIN, drop whatever still arrives, and close on the client's
-                # EOF or after LINGER_SECONDS.
-                transport.write_eof()
-                self.linger_until = time.monotonic() + LINGER_SECONDS
-                if self.paused:
-                    self.paused = False
-                    transport.resume_reading()
-            else:
-                transport.close()
-
-    def answer_overdue(self, stopping: bool = False) -> None:
-        """Storage holds this request too long (commit_timeout, or dlrd is stopping): answer now so the
-        provider retries, and close, since the late outcome must not be taken for the next request's answer."""
-        request = self.request
-        assert request is not None
-        request.overdue = True
-        response = self.server.app.overdue(request, stopping)
-        self._log_access(request.head, response)
-        self.request = None
-        self._send(response, keep_alive=False)
-
-    def _pause(self) -> None:
-        self.paused = True
-        self.transport.pause_reading()  # type: ignore[union-attr]
-
-    def _log_access(self, head: RequestHead, response: Response) -> None:
-        if self.server.access_log:
-            access_log.info('%s "%s %s HTTP/%d.%d" %d %d', self.remote_addr, head.method, head.path,
-                            *head.version, response.status, len(response.body))
-
-    # timeouts
-
-    def expire(self, now: float) -> None:
-        """Act on a passed deadline (called by the sweeper): close a slow or idle client, answer a stuck commit."""
-        if self.state == CLOSED:
-            if self.linger_until and now >= self.linger_until and self.transport is not None:
-                self.transport.abort()
-            return
-        if self.state == BUSY:
-            if now >= self.deadline and self.request is not None:
-                self.answer_overdue()
-            return
-        if self.state == BODY:
-            # A minimum transfer rate, not just an idle timer: a client
-            # dribbling a byte now and then still runs out of time.
-            received = len(self.decoder.body) if self.decoder else len(self.buffer)
-            deadline = self.body_started + self.server.request_timeout + received / self.server.min_body_rate
-        else:
-            deadline = self.deadline
-        if now < deadline:
-            return
-        if self.state == IDLE:
-            self.state = CLOSED
-            if self.write_blocked:
-                # close() would wait for a client that reads nothing to take its answers.
-                self.transport.abort()  # type: ignore[union-attr]
-            else:
-                self.transport.close()  # type: ignore[union-attr]
-            return
+    def _timed_out(self, part: str) -> bool:
         self.server.metrics.count("dlrd_requests_refused_total", status="408", reason="timeout")
-        log.info("timed out a slow client %s while it sent the request %s", self.remote_addr,
-                 "head" if self.state == HEAD else "body")
-        self._send(plain_response(408, "request timeout", close=True), keep_alive=False)
+        log.info("timed out a slow client %s while it sent the request %s", self.request.remote_addr, part)
+        self.request.buffer.clear()
+        return self._answer(None, plain_response(408, "request timeout", close=True), refusal=True)
+
+    def _answer(self, head: RequestHead | None, response: Response, refusal: bool = False) -> bool:
+        """Send `response` in one write; True when the connection stays open for the next request."""
+        connection = self.request
+        server = self.server
+        keep_alive = head is not None and head.keep_alive and not response.close and not server.stopping
+        if head is None:
+            self.request_version = self.protocol_version  # else send_response writes no status line (HTTP/0.9)
+        self._headers_buffer = []
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.send_header("Connection", "keep-alive" if keep_alive else "close")
+        self._headers_buffer.append(b"\r\n")
+        if head is None or head.method != "HEAD":
+            self._headers_buffer.append(response.body)
+        data = b"".join(self._headers_buffer)
+        self._headers_buffer = []
+        if server.access_log and head is not None:
+            access_log.info('%s "%s %s HTTP/%d.%d" %d %d', connection.remote_addr, head.method, head.path,
+                            *head.version, response.status, len(response.body))
+        try:
+            connection.send(data, time.monotonic() + server.request_timeout)
+        except (DeadlinePassed, ClientGone) as error:
+            if isinstance(error, DeadlinePassed):
+                log.info("closed the connection of %s: it did not take its answer within request_timeout",
+                         connection.remote_addr)
+            server.abort(connection)
+            return False
+        connection.served += 1
+        if keep_alive:
+            connection.idle_until = time.monotonic() + server.keepalive_timeout
+            return True
+        server.close_after_answer(connection, linger=refusal)
+        return False
 
 
-class _AlertingSSLProtocol(asyncio.sslproto.SSLProtocol):
-    """asyncio's TLS protocol, but a failed handshake still sends OpenSSL's alert.
+class _AnswerWriter:
+    """The handler's wfile: each write is one send under the answer deadline."""
 
-    In CPython 3.11 sslproto._do_handshake does not call _process_outgoing
-    when do_handshake raises SSLError, so the alert OpenSSL queued is never
-    sent: a TLS 1.1 client would see a bare EOF instead of the
-    protocol_version alert that tells its operator what is wrong.
-    """
+    __slots__ = ("connection", "timeout")
 
-    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
-        if handshake_exc is not None:
-            self._process_outgoing()  # type: ignore[attr-defined]
-        super()._on_handshake_complete(handshake_exc)  # type: ignore[misc]
+    def __init__(self, connection: ClientConnection, timeout: float) -> None:
+        self.connection = connection
+        self.timeout = timeout
 
+    def write(self, data: bytes) -> int:
+        self.connection.send(data, time.monotonic() + self.timeout)
+        return len(data)
 
-async def _start_tls(transport: asyncio.Transport, protocol: asyncio.Protocol, context: ssl.SSLContext,
-                     timeout: float) -> asyncio.Transport:
-    """loop.start_tls(server_side=True) with _AlertingSSLProtocol in place of asyncio's own."""
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-    ssl_protocol = _AlertingSSLProtocol(loop, protocol, context, waiter, server_side=True,
-                                        call_connection_made=False, ssl_handshake_timeout=timeout)
-    transport.pause_reading()
-    transport.set_protocol(ssl_protocol)
-    made = loop.call_soon(ssl_protocol.connection_made, transport)
-    resumed = loop.call_soon(transport.resume_reading)
-    try:
-        await waiter
-    except BaseException:
-        transport.close()
-        made.cancel()
-        resumed.cancel()
-        raise
-    return ssl_protocol._app_transport  # type: ignore[attr-defined]
+    def flush(self) -> None:
+        pass
 
 
-class TlsHandshake(asyncio.Protocol):
-    """An HTTPS connection before its handshake: holds the socket still until the server wraps it."""
+_date_cache: tuple[int, str] = (0, "")
 
-    def __init__(self, server: HttpServer) -> None:
-        self.server = server
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        # Nothing may be read before TLS takes the transport over.
-        transport.pause_reading()
-        if self.server.at_connection_limit():
-            transport.abort()
-            return
-        self.server.handshakes.add(asyncio.get_running_loop().create_task(self.server.handshake(transport)))
+def http_date(now: float) -> str:
+    """The Date header value, formatted once per second."""
+    global _date_cache
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, formatdate(second, usegmt=True))
+    return _date_cache[1]
 
 
 class HttpServer:
-    """Listens on the configured addresses and owns every connection."""
+    """Every listener, the worker pool and the idle selector, and the limits they share."""
 
     def __init__(self, config: Config, app: Application, metrics: Metrics) -> None:
         self.app = app
@@ -392,144 +318,215 @@ class HttpServer:
         self.tls = ServerTls(certificate_files(config)) if config["server", "tls_listen"] else None
         self.tls_listen: list[Address] = config["server", "tls_listen"]
         self.listen: list[Address] = config["server", "listen"]
-        self.max_connections: int = config["server", "max_connections"]
         self.max_body: int = config["server", "max_body_bytes"]
         self.request_timeout: float = config["server", "request_timeout"]
         self.keepalive_timeout: float = config["server", "keepalive_timeout"]
-        self.commit_timeout: float = config["storage", "commit_timeout"]
         self.min_body_rate: int = config["server", "min_body_rate"]
         self.access_log: bool = config["log", "access_log"]
-        self.connections: set[Connection] = set()
-        self.read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
-        self.handshakes: set[asyncio.Task[None]] = set()
+        self.limits = ConnectionLimits(config["server", "max_connections"],
+                                       config["server", "max_connections_per_source"])
+        self.pool = WorkerPool(self._serve, self.limits.total)
+        self.idle = IdleConnections(self.pool.submit, self._closed, app.housekeeping)
+        self.active: set[ClientConnection] = set()  # in a worker's hands now
         self.stopping = False
         self.bound: list[str] = []
-        self._servers: list[asyncio.base_events.Server] = []
-        self._sweeper: asyncio.Task[None] | None = None
-        self._limit_logged = 0.0
-        metrics.gauges["dlrd_connections_open"] = lambda: len(self.connections)
+        self._listeners: list[Listener] = []
+        self._accept_threads: list[threading.Thread] = []
+        self._refusals_logged: dict[str, float] = {}
+        metrics.gauges["dlrd_connections_open"] = lambda: self.limits.open
         if self.tls is not None:
             metrics.gauges["dlrd_tls_certificate_expiry_timestamp_seconds"] = lambda: self.tls.expires_at or 0.0
 
-    async def start(self) -> None:
+    # starting and stopping
+
+    def start(self) -> None:
         """Bind every listener or none: a half-started daemon is worse than a refusal."""
-        loop = asyncio.get_running_loop()
-        listeners = [("http", address, lambda: Connection(self)) for address in self.listen]
-        listeners += [("https", address, lambda: TlsHandshake(self)) for address in self.tls_listen]
-        for scheme, (host, port), factory in listeners:
+        wanted = [(address, False) for address in self.listen] + [(address, True) for address in self.tls_listen]
+        for (host, port), tls in wanted:
             try:
-                server = await loop.create_server(factory, host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
+                for resolved in _resolve(host, port):
+                    self._listeners.append(Listener(resolved, self, tls))
             except OSError as error:
-                await self.close_listeners()
-                key = "listen" if scheme == "http" else "tls_listen"
+                self.close_listeners()
+                key = "tls_listen" if tls else "listen"
                 raise StartupError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
                                    f"free the port or change [server] {key}") from None
-            self._servers.append(server)
-            for sock in server.sockets:
-                self.bound.append(f"{scheme}://" + _url_host(sock.getsockname()))
-        self._sweeper = loop.create_task(self._sweep())
+        self.bound = [listener.url() for listener in self._listeners]
+        self.idle.start()
+        for listener in self._listeners:
+            thread = threading.Thread(target=listener.serve_forever, args=(ACCEPT_POLL_SECONDS,),
+                                      name=f"dlrd-accept {listener.url()}", daemon=True)
+            thread.start()
+            self._accept_threads.append(thread)
 
-    async def handshake(self, transport: asyncio.Transport) -> None:
-        """Run one TLS handshake with a deadline; a failure costs one log line, never the listener."""
-        assert self.tls is not None
-        peer = transport.get_extra_info("peername")
-        remote = peer[0] if peer else "unknown"
-        connection = Connection(self)
-        try:
-            tls_transport = await _start_tls(transport, connection, self.tls.context, self.request_timeout)
-        except Exception as error:  # every handshake failure ends the same way: log, count, drop
-            self.metrics.count("dlrd_tls_handshake_failures_total")
-            log.info("TLS handshake with %s failed: %s", remote, _handshake_failure(error))
-            transport.abort()
-            return
-        finally:
-            self.handshakes.discard(asyncio.current_task())  # type: ignore[arg-type]
-        connection.connection_made(tls_transport)
+    def alive(self) -> bool:
+        """False once an accept thread or the idle selector died: the watchdog then stops feeding systemd."""
+        return self.idle.alive() and all(thread.is_alive() for thread in self._accept_threads)
 
-    def at_connection_limit(self) -> bool:
-        """True (and counted, and logged at most once a minute) when no connection may be added."""
-        if len(self.connections) + len(self.handshakes) < self.max_connections:
-            return False
-        self.metrics.count("dlrd_requests_refused_total", status="closed", reason="max-connections")
-        self.note_connection_limit()
-        return True
+    def close_listeners(self) -> None:
+        for listener in self._listeners:
+            listener.server_close()
+        self._listeners = []
 
-    def reload(self, config: Config) -> None:
-        """Apply what SIGHUP may change without a restart: the certificate, the access log, commit_timeout."""
-        self.access_log = config["log", "access_log"]
-        self.commit_timeout = config["storage", "commit_timeout"]
-        if self.tls is not None and config["server", "tls_cert"]:
-            self.tls.reload(certificate_files(config))
-
-    async def close_listeners(self) -> None:
-        for server in self._servers:
-            server.close()
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers = []
-
-    async def stop(self) -> None:
-        """Stop accepting, let requests in progress finish, then close what is left."""
+    def stop(self) -> None:
+        """Stop accepting, close idle connections, let requests in progress finish, then close what is left."""
         self.stopping = True
-        for server in self._servers:
-            server.close()
-        await self._drain(SHUTDOWN_GRACE)
-        waiting = [connection for connection in self.connections
-                   if connection.state == BUSY and connection.request is not None]
+        stoppers = [threading.Thread(target=listener.shutdown) for listener in self._listeners]
+        for stopper in stoppers:
+            stopper.start()
+        self.idle.close_waiting()
+        for stopper in stoppers:
+            stopper.join()
+        self.close_listeners()
+        self._drain(SHUTDOWN_GRACE)
+        waiting = [connection.request.waiting_on for connection in list(self.active)
+                   if connection.request is not None and connection.request.waiting_on is not None]
         if waiting:
             # Storage held these through the grace (a lock, a hanging disk):
             # a 503 lets the provider retry, where a dropped connection
             # leaves it guessing.
             log.warning("stopping: %d request(s) still waited for storage after %.0f s; answered them 503 "
                         "so the provider retries", len(waiting), SHUTDOWN_GRACE)
-            for connection in waiting:
-                connection.answer_overdue(stopping=True)
-            await self._drain(ANSWER_FLUSH_SECONDS)
-        for connection in list(self.connections):
-            if connection.transport is not None:
-                connection.transport.abort()
-        for handshake in list(self.handshakes):
-            handshake.cancel()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        self._servers = []
+            for pending in waiting:
+                pending.interrupt()
+            self._drain(ANSWER_FLUSH_SECONDS)
+        for connection in list(self.active):
+            try:
+                connection.sock.shutdown(socket.SHUT_RDWR)  # wakes a worker still reading from a slow client
+            except OSError:
+                pass
+        self._drain(ANSWER_FLUSH_SECONDS)
+        self.pool.stop()
+        self.idle.stop()
 
-    async def _drain(self, seconds: float) -> None:
-        """Close connections as they go idle, until none is left or `seconds` passed."""
+    def _drain(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for connection in list(self.connections):
-                if connection.state == IDLE and connection.transport is not None:
-                    connection.state = CLOSED
-                    connection.transport.close()
-            if not self.connections:
-                return
-            await asyncio.sleep(0.05)
+        while self.active and time.monotonic() < deadline:
+            time.sleep(0.02)
 
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            now = time.monotonic()
-            for connection in list(self.connections):
-                connection.expire(now)
-            self.app.receipts.flush_logs()
+    def reload(self, config: Config) -> None:
+        """Apply what SIGHUP may change without a restart: the certificate, the access log, the timeouts."""
+        self.access_log = config["log", "access_log"]
+        self.keepalive_timeout = config["server", "keepalive_timeout"]
+        self.min_body_rate = config["server", "min_body_rate"]
+        self.limits.per_source = config["server", "max_connections_per_source"]
+        if self.tls is not None and config["server", "tls_cert"]:
+            self.tls.reload(certificate_files(config))
 
-    def note_connection_limit(self) -> None:
+    # a connection's life
+
+    def admit(self, sock: socket.socket, peer: str) -> bool:
+        """In the accept thread: may this connection open? A refused one is closed without a byte read."""
+        address = normalised_address(peer)
+        if self.stopping:
+            return False
+        if self.app.sources.refused_at_accept(address):
+            self._refused("allow-from", address, "refused connections from %s at once: not in [auth] allow_from "
+                                                  "or monitor_from")
+            return False
+        reason = self.limits.admit(source_key(address))
+        if reason is None:
+            return True
+        if reason == "max-connections":
+            self._refused(reason, address, f"connection limit reached (max_connections = {self.limits.total}); "
+                                           "closing new connections (the latest from %s)")
+        else:
+            self._refused(reason, address, "%s holds max_connections_per_source "
+                                           f"({self.limits.per_source}) connections; closing its new ones")
+        return False
+
+    def _refused(self, reason: str, address: str, message: str) -> None:
+        self.metrics.count("dlrd_requests_refused_total", status="closed", reason=reason)
         now = time.monotonic()
-        if now - self._limit_logged > 60:
-            self._limit_logged = now
-            log.warning("connection limit reached (max_connections = %d); closing new connections",
-                        self.max_connections)
+        key = reason if reason == "max-connections" else f"{reason} {address}"
+        if now - self._refusals_logged.get(key, -LIMIT_LOG_SECONDS) >= LIMIT_LOG_SECONDS:
+            if len(self._refusals_logged) > 1024:
+                self._refusals_logged.clear()
+            self._refusals_logged[key] = now
+            log.warning(message, address)
+
+    def accepted(self, sock: socket.socket, peer: str, tls: bool) -> None:
+        """In the accept thread: hand an admitted connection to a worker (its handshake and first request)."""
+        address = normalised_address(peer)
+        context = self.tls.context if tls and self.tls is not None else None
+        self.pool.submit(ClientConnection(sock, address, source_key(address), context, self.request_timeout))
+
+    def _serve(self, connection: ClientConnection) -> None:
+        """A worker's task: serve the connection until it goes idle or closes."""
+        self.active.add(connection)
+        try:
+            RequestHandler(connection, connection.peer_addr, self)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("internal error on the connection of %s", connection.remote_addr)
+            self.close(connection)
+        finally:
+            self.active.discard(connection)
+
+    def handshake(self, connection: ClientConnection) -> bool:
+        """The TLS handshake, under request_timeout from accept; a failure costs one log line, never the listener."""
+        try:
+            connection.handshake(connection.opened + self.request_timeout)
+            return True
+        except (DeadlinePassed, ClientGone, ssl.SSLError, OSError) as error:
+            self.metrics.count("dlrd_tls_handshake_failures_total")
+            log.info("TLS handshake with %s failed: %s", connection.peer_addr, _handshake_failure(error))
+            if isinstance(error, ssl.SSLError) and error.reason == "HTTP_REQUEST":
+                # Plain HTTP on the HTTPS port: say so in HTTP, as nginx does, rather than with a reset.
+                try:
+                    connection.send(PLAIN_HTTP_ON_TLS_PORT, time.monotonic() + self.request_timeout)
+                except (DeadlinePassed, ClientGone):
+                    pass
+            self.close_after_answer(connection, linger=True)  # drained, so the client reads the alert
+            return False
+
+    def close_after_answer(self, connection: ClientConnection, linger: bool) -> None:
+        """Close once the answer is out: in two steps when the client may still be sending (RFC 9112 §9.6).
+
+        Closing with request bytes unread makes the kernel send a reset,
+        which can destroy the answer (a 413, a 403) before the client reads
+        it; so send FIN, and let the idle selector drop whatever still
+        arrives and close on the client's EOF or after LINGER_SECONDS.
+        """
+        if not isinstance(connection.sock, ssl.SSLSocket) and (linger or connection.unread()):
+            try:
+                connection.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self.close(connection)
+                return
+            connection.buffer.clear()
+            self.idle.linger(connection, time.monotonic() + LINGER_SECONDS)
+            return
+        self.close(connection)
+
+    def close(self, connection: ClientConnection) -> None:
+        connection.close()
+        self._closed(connection)
+
+    def abort(self, connection: ClientConnection) -> None:
+        connection.abort()
+        self._closed(connection)
+
+    def _closed(self, connection: ClientConnection) -> None:
+        self.limits.release(connection.source_key)
 
 
-def _url_host(sockname: Any) -> str:
-    host, port = sockname[0], sockname[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _resolve(host: str, port: int) -> list[Address]:
+    """Every address `host` names (localhost: 127.0.0.1 and ::1), as asyncio and most servers bind them."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve {host!r}: {error.strerror}") from None
+    addresses: list[Address] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        address = (sockaddr[0], sockaddr[1])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
 
 
 def _handshake_failure(error: Exception) -> str:
     if isinstance(error, ssl.SSLError):
         return error.reason or error.__class__.__name__
-    if isinstance(error, (TimeoutError, ConnectionAbortedError)):
+    if isinstance(error, DeadlinePassed):
         return "no handshake within request_timeout"
     return str(error) or error.__class__.__name__

@@ -1,17 +1,17 @@
 """SQLite storage: schema and migrations, and the single writer thread.
 
-One thread owns the write connection. The event loop hands it the jobs of
-each loop iteration together, with a callback each; it commits everything
-that queued up meanwhile as one transaction (group commit), appends the
-journal lines, and only then runs the callbacks, so a 200 always follows a
-commit. There is no batching timer: a lone receipt is committed as soon as
-it arrives. A batch of receipts is one SQL statement, so the writer takes
-the GIL back from the event loop a few times per batch, not per receipt.
+One thread owns the write connection. Request threads hand it their jobs
+and wait on a Pending each; it commits everything that queued up
+meanwhile as one transaction (group commit), appends the journal lines,
+and only then releases the waiters, so a 200 always follows a commit.
+There is no batching timer: a lone receipt is committed as soon as it
+arrives. A batch of receipts is one SQL statement, so the writer takes the
+GIL back from the request threads a few times per batch, not per receipt.
 """
 
 from __future__ import annotations
 
-import asyncio
+import _thread
 import json
 import logging
 import os
@@ -20,7 +20,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -323,44 +322,72 @@ def _statements(script: str) -> list[str]:
 
 
 Job = Callable[[sqlite3.Connection], Any]
-# Called in the event loop with a job's result, or with the exception that failed it.
-OnCommitted = Callable[[Any, "BaseException | None"], None]
 
 
-class _Outcome:
-    """Where the writer puts a job's outcome for the event loop: the part of a Future it uses, and no lock.
+class Pending:
+    """A job's outcome, for the one thread that waits on it: a lock the writer releases.
 
-    A Future per receipt, then a coroutine woken by it, cost the event loop
-    thread more than parsing the receipt; the writer instead fills these in
-    and the loop runs each callback once per batch (`_deliver`).
+    What concurrent.futures.Future does with a Condition, a list of waiters
+    and callbacks, this does with one lock acquired at birth: waiting is
+    acquiring it, finishing is releasing it. At group-commit rates the
+    Future's bookkeeping cost the request threads more than parsing did.
     """
 
-    __slots__ = ("error", "finished", "on_committed", "value", "wanted")
+    __slots__ = ("_finished", "cancelled", "error", "interrupted", "value")
 
-    def __init__(self, on_committed: OnCommitted, wanted: Callable[[], bool] | None = None) -> None:
-        self.on_committed = on_committed
-        self.wanted = wanted
+    def __init__(self) -> None:
+        self._finished = _thread.allocate_lock()
+        self._finished.acquire()
         self.value: Any = None
         self.error: BaseException | None = None
-        self.finished = False
+        self.cancelled = False  # cancel(): the waiter gave up and the job is not worth running any more
+        self.interrupted = False  # released early by interrupt(): the outcome is not known
 
-    def set_running_or_notify_cancel(self) -> bool:
-        return self.wanted is None or self.wanted()
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the job finished (or interrupt() was called) within `timeout` seconds (None: however long)."""
+        if self._finished.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            self._finished.release()  # stays finished for later waits
+            return True
+        return False
 
-    def set_result(self, value: Any) -> None:
-        self.value, self.finished = value, True
+    def result(self, timeout: float | None = None) -> Any:
+        """The job's result, or its exception raised; TimeoutError when it did not finish in time."""
+        if not self.wait(timeout):
+            raise TimeoutError("the writer did not finish the job in time")
+        if self.error is not None:
+            raise self.error
+        return self.value
 
-    def set_exception(self, error: BaseException) -> None:
-        self.error, self.finished = error, True
+    def cancel(self) -> None:
+        """The waiter gave up on a job that is worth nothing late (a health probe): the writer skips it."""
+        self.cancelled = True
 
     def done(self) -> bool:
-        return self.finished
+        return not self._finished.locked()
+
+    def set_result(self, value: Any) -> None:
+        self.value = value
+        self._release()
+
+    def set_exception(self, error: BaseException) -> None:
+        self.error = error
+        self._release()
+
+    def interrupt(self) -> None:
+        """Wake the waiter now without an outcome (dlrd is stopping); the job itself still runs."""
+        self.interrupted = True
+        self._release()
+
+    def _release(self) -> None:
+        try:
+            self._finished.release()
+        except RuntimeError:
+            pass  # released already: the outcome came after interrupt(), or the other way round
 
 
-# (work, outcome, transactional): a transactional job runs inside the batch's
+# (work, pending, transactional): a transactional job runs inside the batch's
 # transaction; any other work (reopening the journal) runs between batches.
-_Target = "Future[Any] | _Outcome"
-_Work = tuple[Callable[..., Any], _Target, bool]
+_Work = tuple[Callable[..., Any], Pending, bool]
 
 # SQLite result codes that mean "the storage cannot take writes now", as
 # opposed to a fault of one job; https://www.sqlite.org/rescode.html
@@ -503,8 +530,7 @@ class ReceiptStore:
         self.committed_jobs = 0
         self.quarantine_budget = QuarantineBudget(quarantine_max_bytes)
         self._database_file: DatabaseFile | None = None
-        self._queue: queue.SimpleQueue[list[_Work] | None] = queue.SimpleQueue()
-        self._from_loop: list[_Work] = []  # this loop iteration's jobs, handed over at its end
+        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._connection: sqlite3.Connection | None = None
@@ -518,7 +544,6 @@ class ReceiptStore:
         self._relapses = 0
         self._silent = False  # the current failure is a relapse that was not logged
         self._closing = False  # close() was called: queued work is still done, unless storage is failing
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._checkpointer: Checkpointer | None = None
 
     def open(self) -> None:
@@ -578,90 +603,39 @@ class ReceiptStore:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            self._refuse(item or [], StorageUnavailable("dlrd is shutting down"))
-            self._wake(item or [])
+            if item is not None:
+                self._refuse([item], StorageUnavailable("dlrd is shutting down"))
         self._disconnect()
         self._close_database_file()
         self.journal.close()
 
-    def submit(self, job: Job) -> Future[Any]:
-        """From a thread: queue a job for the writer; the future resolves after its transaction committed."""
-        return self._enqueue_for_thread(job, transactional=True)
+    def submit(self, job: Job) -> Pending:
+        """From any thread: queue a job for the writer; its Pending finishes after its transaction committed.
 
-    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The event loop that `commit` callbacks and `committed` waiters run in."""
-        self._loop = loop
-
-    def commit(self, job: Job, on_committed: OnCommitted, wanted: Callable[[], bool] | None = None) -> None:
-        """From the event loop: queue a job; `on_committed(result, error)` runs in the loop after its commit.
-
-        The jobs of one loop iteration reach the writer together, once the
-        iteration's ready sockets have all been read (`_hand_over`), and
-        every callback of a batch runs from one call into the loop: no
-        cross-thread wake-up per receipt, and no timer either, so a lone
-        receipt waits for nothing. `wanted` is asked just before the job
-        runs; a job no longer wanted is skipped.
+        The job runs even if nobody waits for it any more (a receipt answered
+        503 at commit_timeout is still kept when its commit completes),
+        unless its Pending was cancelled before the writer reached it.
         """
-        assert self._loop is not None, "attach_loop() first"
-        if not self._from_loop:
-            self._loop.call_soon(self._hand_over)
-        self._from_loop.append((job, _Outcome(on_committed, wanted), True))
+        return self._enqueue(job, transactional=True)
 
-    def _hand_over(self) -> None:
-        works, self._from_loop = self._from_loop, []
-        if self._put(works):
-            return
-        for _job, outcome, _transactional in works:
-            outcome.set_exception(StorageUnavailable("dlrd is shutting down"))
-        _deliver([outcome for _job, outcome, _transactional in works])  # type: ignore[misc]
-
-    async def committed(self, job: Job) -> Any:
-        """From a coroutine: the job's result once its transaction committed."""
-        assert self._loop is not None, "attach_loop() first"
-        waiter = self._loop.create_future()
-
-        def settle(result: Any, error: BaseException | None) -> None:
-            if waiter.done():
-                return  # the coroutine gave up waiting (a health probe past its deadline)
-            if error is not None:
-                waiter.set_exception(error)
-            else:
-                waiter.set_result(result)
-
-        self.commit(job, settle, wanted=lambda: not waiter.done())
-        return await waiter
-
-    def _enqueue_for_thread(self, work: Callable[..., Any], transactional: bool) -> Future[Any]:
-        """Queue work whose outcome a thread waits for on a Future."""
-        future: Future[Any] = Future()
-        if not self._put([(work, future, transactional)]):
-            future.set_exception(StorageUnavailable("dlrd is shutting down"))
-        return future
-
-    def _put(self, works: list[_Work]) -> bool:
-        """Queue works for the writer; False once the store is closing."""
+    def _enqueue(self, work: Callable[..., Any], transactional: bool) -> Pending:
+        pending = Pending()
         with self._lock:
             if self._thread is None:
-                return False
-            self._queue.put(works)
-            return True
-
-    def _wake(self, batch: list[_Work]) -> None:
-        """Hand the outcomes of a finished batch to the event loop, in one call."""
-        outcomes = [outcome for _work, outcome, _transactional in batch
-                    if type(outcome) is _Outcome and outcome.finished]
-        if outcomes and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(_deliver, outcomes)
+                pending.set_exception(StorageUnavailable("dlrd is shutting down"))
+                return pending
+            self._queue.put((work, pending, transactional))
+        return pending
 
     def store_receipt(self, receipt: Receipt, code: ReportCode, received_at: str, remote_addr: str,
-                      tls_client: str | None = None) -> Future[StoredReceipt]:
-        """From a thread: queue a receipt; the future resolves once it is committed."""
+                      tls_client: str | None = None) -> Pending:
+        """From a thread: queue a receipt; its Pending finishes once it is committed."""
         return self.submit(insert_receipt(receipt, code, received_at, remote_addr, tls_client))
 
-    def reopen_journal(self, fsync: bool | None = None, rotation: Rotation | None = None) -> Future[None]:
+    def reopen_journal(self, fsync: bool | None = None, rotation: Rotation | None = None) -> Pending:
         """Close and reopen receipts.jsonl between two batches (after an external logrotate moved it),
         taking new fsync and rotation settings when given (SIGHUP re-read the config)."""
-        return self._enqueue_for_thread(lambda: self._reopen_journal(fsync, rotation), transactional=False)
+        return self._enqueue(lambda: self._reopen_journal(fsync, rotation), transactional=False)
 
     def writer_alive(self) -> bool:
         """False once the writer thread died: the watchdog then stops feeding systemd."""
@@ -684,7 +658,7 @@ class ReceiptStore:
                 continue
             batch: list[_Work] = []
             while item is not None:
-                batch += item
+                batch.append(item)
                 if len(batch) >= MAX_BATCH:
                     break
                 try:
@@ -699,10 +673,9 @@ class ReceiptStore:
                     self._process(batch)
             except Exception:  # the writer must outlive any bug, or every later request would hang
                 log.exception("the writer thread failed on a batch")
-                for _work, future, _transactional in batch:
-                    if not future.done():
-                        future.set_exception(StorageUnavailable("internal error in the writer"))
-            self._wake(batch)
+                for _work, pending, _transactional in batch:
+                    if not pending.done():
+                        pending.set_exception(StorageUnavailable("internal error in the writer"))
             if item is None:
                 return
 
@@ -713,23 +686,24 @@ class ReceiptStore:
 
     @staticmethod
     def _refuse(works: list[_Work], error: StorageUnavailable) -> None:
-        for _work, future, _transactional in works:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(error)
+        for _work, pending, _transactional in works:
+            pending.set_exception(error)
 
     def _process(self, batch: list[_Work]) -> None:
-        jobs = [(work, future) for work, future, transactional in batch
-                if transactional and future.set_running_or_notify_cancel()]  # a probe past its deadline is skipped
+        jobs = [(work, pending) for work, pending, transactional in batch
+                if transactional and not pending.cancelled]  # a probe past its deadline is skipped
         if jobs:
             self._commit(jobs)
-        for work, future, transactional in batch:
-            if not transactional and future.set_running_or_notify_cancel():
+        for work, pending, transactional in batch:
+            if not transactional:
                 try:
-                    future.set_result(work())
+                    pending.set_result(work())
                 except Exception as error:
-                    future.set_exception(error)
+                    pending.set_exception(error)
+            elif pending.cancelled:
+                pending.set_exception(StorageUnavailable("cancelled"))
 
-    def _commit(self, batch: list[tuple[Job, _Target]]) -> None:
+    def _commit(self, batch: list[tuple[Job, Pending]]) -> None:
         """One transaction for the whole batch, then the journal, then the waiters: 200 follows commit.
 
         The database file is checked before and after: a commit into a
@@ -741,7 +715,7 @@ class ReceiptStore:
             self._refuse_batch(batch, lost)
             return
         try:
-            results = self._transaction([job for job, _future in batch])
+            results = self._transaction([job for job, _pending in batch])
         except sqlite3.Error as error:
             self.quarantine_budget.used = None  # the failed transaction may have counted rows it did not keep
             condition = self._condition_of(error)
@@ -768,14 +742,14 @@ class ReceiptStore:
             self._journal_committed(new)
         elif new or not self.journal_writable:
             self._journal_committed()
-        for (_job, future), result in zip(batch, results):
-            future.set_result(result)
+        for (_job, pending), result in zip(batch, results):
+            pending.set_result(result)
 
-    def _refuse_batch(self, batch: list[tuple[Job, _Target]], condition: StorageCondition) -> None:
+    def _refuse_batch(self, batch: list[tuple[Job, Pending]], condition: StorageCondition) -> None:
         self._fail(condition)
         failure = StorageUnavailable(condition.text)
-        for _job, future in batch:
-            future.set_exception(failure)
+        for _job, pending in batch:
+            pending.set_exception(failure)
 
     def _database_lost(self) -> StorageCondition | None:
         """The condition to report when the database path no longer names the file dlrd has open."""
@@ -794,7 +768,7 @@ class ReceiptStore:
             self._database_file.close()
             self._database_file = None
 
-    def _isolate(self, batch: list[tuple[Job, _Target]], error: Exception) -> None:
+    def _isolate(self, batch: list[tuple[Job, Pending]], error: Exception) -> None:
         """A job failed on its own account: retry the others alone, so one bad receipt fails only itself."""
         if len(batch) == 1:
             batch[0][1].set_exception(error)
@@ -1003,12 +977,3 @@ class ReceiptStore:
                 log.warning("storage commits again after: %s", self._condition.text)
             self._condition = None
             self._silent = False
-
-
-def _deliver(outcomes: list[_Outcome]) -> None:
-    """In the event loop: run each finished job's callback; one failing callback does not stop the rest."""
-    for outcome in outcomes:
-        try:
-            outcome.on_committed(outcome.value, outcome.error)
-        except Exception:
-            log.exception("internal error after a commit")

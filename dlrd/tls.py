@@ -1,10 +1,12 @@
 """TLS for the HTTPS listeners: the server context, its reload, and client identities.
 
-The context is built once and kept: asyncio hands it to every new
-connection. A certificate renewal (certbot, every 60 to 90 days) is picked up
-on SIGHUP by loading the new chain into the same context after a trial
-load into a scratch one, so a bad file never replaces a good certificate
-and open connections keep theirs.
+Each accepted connection is wrapped with the context current at that
+moment. A certificate renewal (certbot, every 60 to 90 days) is picked up
+on SIGHUP by building a new context and swapping it in whole: loading a
+chain into the live context would let a handshake running in another
+thread meet the new certificate with the old key (load_cert_chain
+releases the GIL between the two). A bad file never replaces a good
+certificate, and open connections keep theirs.
 """
 
 from __future__ import annotations
@@ -94,16 +96,14 @@ class ServerTls:
         self._warn_expiry()
 
     def reload(self, files: CertificateFiles) -> bool:
-        """Load a renewed certificate for new connections; keep the old one if the new one is bad."""
-        if files.client_ca != self.files.client_ca:
-            log.warning("SIGHUP: [server] tls_client_ca changed; restart dlrd to apply it")
+        """Serve a renewed certificate (and client CA) to new connections; keep the old ones if the new are bad."""
         try:
-            build_server_context(CertificateFiles(files.cert, files.key, None))
+            context = build_server_context(files)
         except StartupError as error:
             log.error("SIGHUP: refused the new certificate, still serving the old one: %s", error)
             return False
-        _load_chain(self.context, files)
-        self.files = CertificateFiles(files.cert, files.key, self.files.client_ca)
+        self.context = context
+        self.files = files
         self.expires_at = certificate_expiry(files.cert)
         log.info("SIGHUP: certificate reloaded from %s", files.cert)
         self._warn_expiry()

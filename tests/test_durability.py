@@ -12,7 +12,6 @@ receipt with the same id.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import re
@@ -216,40 +215,6 @@ def test_a_queue_longer_than_one_statement_takes_is_committed_in_full_batches_in
     assert [result.id for result in results] == list(range(1, 2 * MAX_BATCH + 77))
     assert [json.loads(text)["id"] for text in (tmp_path / "receipts.jsonl").read_text().splitlines()] == [
         result.id for result in results]
-
-
-def test_more_receipts_from_one_loop_iteration_than_max_batch_share_one_transaction_in_order(tmp_path):
-    store = ReceiptStore(tmp_path / "dlrd.db", JournalWriter(tmp_path))
-    store.open()
-    count = MAX_BATCH + 88
-    outcomes: dict[int, tuple[object, BaseException | None]] = {}
-
-    async def hand_over_in_one_iteration() -> None:
-        store.attach_loop(asyncio.get_running_loop())
-        all_committed = asyncio.get_running_loop().create_future()
-
-        def committed(number: int):
-            def record(result: object, error: BaseException | None) -> None:
-                outcomes[number] = (result, error)
-                if len(outcomes) == count:
-                    all_committed.set_result(None)
-            return record
-
-        for number in range(count):
-            job = insert_receipt(receipt(f"ITER{number}"), DELIVERED, "2026-11-24T22:00:00.000Z", "192.0.2.1")
-            store.commit(job, committed(number))
-        await asyncio.wait_for(all_committed, 30)
-
-    try:
-        asyncio.run(hand_over_in_one_iteration())
-    finally:
-        store.close()
-    assert [error for _result, error in outcomes.values()] == [None] * count
-    assert [outcomes[number][0].id for number in range(count)] == list(range(1, count + 1))
-    # The writer takes a hand-over whole, however long: one transaction, in order.
-    assert store.commits == 1 and store.committed_jobs == count
-    assert [json.loads(text)["message_id"] for text in (tmp_path / "receipts.jsonl").read_text().splitlines()] == [
-        f"ITER{number}" for number in range(count)]
 
 
 def test_a_batch_in_one_statement_gives_each_receipt_its_own_id_and_finds_duplicates(tmp_path):

@@ -1,4 +1,4 @@
-"""Property tests of the HTTP request reader (dlrd/http.py) with hypothesis.
+"""Property tests of the HTTP request reader (dlrd/framing.py on the stdlib's parse_request) with hypothesis.
 
 Whatever bytes a client sends, the reader either understands them or
 raises HttpError carrying a 4xx/5xx status: nothing else may escape into
@@ -14,15 +14,26 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dlrd.http import (
+from dlrd.framing import (
     MAX_HEADER_BYTES,
     MAX_REQUEST_LINE,
     ChunkedDecoder,
     HttpError,
     check_incomplete_head,
-    find_head_end,
+    head_end,
+    head_start,
     parse_head,
 )
+
+
+def find_head_end(data: bytes) -> int:
+    """Where the head that `data` starts ends, as the server finds it; -1 while incomplete."""
+    return head_end(data, head_start(data))
+
+
+def parse_whole_head(data: bytes):
+    """The head `data` holds up to `end`, empty lines before the request line skipped as the server does."""
+    return parse_head(data[head_start(data):find_head_end(data)])
 
 EXAMPLES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -54,9 +65,9 @@ def outcome_of_head(data: bytes) -> object:
     end = find_head_end(data)
     try:
         if end < 0:
-            check_incomplete_head(bytearray(data))
+            check_incomplete_head(data, head_start(data))
             return "incomplete"
-        head = parse_head(data[:end])
+        head = parse_whole_head(data)
     except HttpError as error:
         assert_refusal(error)
         return error.status
@@ -90,7 +101,7 @@ def test_a_head_refused_while_incomplete_is_refused_complete(data, cut):
     if find_head_end(prefix) >= 0:
         return
     try:
-        check_incomplete_head(bytearray(prefix))
+        check_incomplete_head(prefix, head_start(prefix))
     except HttpError as early:
         assert_refusal(early)
         whole = prefix + b"\r\n\r\n"
@@ -111,10 +122,13 @@ def test_a_well_formed_head_parses_to_what_was_sent(method, target, version, hea
     raw += b"".join(f"{name}: {value}".encode("latin-1") + eol for name, value in headers) + eol
     end = find_head_end(raw)
     assert end == len(raw)
-    check_incomplete_head(bytearray(raw[:-len(eol)]))  # everything but the blank line is plausible
-    head = parse_head(raw[:end])
-    assert (head.method, head.target, head.version) == (method, target, version)
-    assert head.headers == {name.lower(): value for name, value in headers}
+    check_incomplete_head(raw[:-len(eol)], head_start(raw))  # everything but the blank line is plausible
+    head = parse_whole_head(raw)
+    # The stdlib turns a leading "//" into "/" (gh-87389): the target as dlrd routes it.
+    sent = "/" + target.lstrip("/") if target.startswith("//") else target
+    assert (head.method, head.target, head.version) == (method, sent, version)
+    assert {name.lower(): value for name, value in head.headers.items()} == {
+        name.lower(): value for name, value in headers}
 
 
 @EXAMPLES
@@ -125,7 +139,7 @@ def test_control_bytes_in_a_header_value_or_the_target_are_refused(byte, in_targ
     else:
         raw = b"GET / HTTP/1.1\r\nX-Test: a" + byte + b"b\r\nHost: x\r\n\r\n"
     try:
-        parse_head(raw[:find_head_end(raw)])
+        parse_whole_head(raw)
     except HttpError as error:
         assert error.status == 400
     else:
@@ -142,7 +156,7 @@ def test_heads_past_the_limits_are_refused_with_414_or_431(size, step):
     for start in range(0, len(line), step):
         buffer += line[start:start + step]
         try:
-            check_incomplete_head(buffer)
+            check_incomplete_head(buffer, head_start(buffer))
         except HttpError as error:
             status = error.status
             break

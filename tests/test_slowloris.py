@@ -1,9 +1,11 @@
 """Many abusive connections at once: slowloris, a connection flood, a load burst.
 
-One event loop owns every socket, so 200 clients dribbling headers cost
-memory, not threads, and a normal provider's receipts still go through
-quickly. Past max_connections new connections are closed at once,
-counted on /metrics and logged once a minute, not once per connection.
+A client sending its request holds one of at most max_connections request
+threads; an idle one holds none. So 200 clients dribbling headers cost
+threads within that bound, a normal provider's receipts still go through
+quickly, and the threads and memory come back once they are gone. Past
+max_connections new connections are closed at once, counted on /metrics
+and logged once a minute, not once per connection.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ SEED = (Path(__file__).resolve().parent / "envelopes" / "seed.xml").read_bytes()
 DRIBBLERS = 200
 TRAFFIC_SECONDS = 10.0
 DRIBBLE_INTERVAL = 0.5
+LIMIT = 400
+# Every test client connects from 127.0.0.1, so one source may hold them all here.
+INI = f"[server]\nmax_connections = {LIMIT}\nmax_connections_per_source = {LIMIT}\n"
+# The pool retires a thread idle for 5 s; memory comes back with the threads and their stacks.
+SETTLE_SECONDS = 30
+RSS_SLACK_KIB = 16 * 1024
 
 
 def receipt_request(message_id: str) -> bytes:
@@ -109,12 +117,18 @@ class Dribblers:
                 writer.close()
 
 
+def assert_threads_and_memory_come_back(pid: int, threads_before: int, rss_before: int) -> None:
+    wait_for(lambda: threads_of(pid) <= threads_before, SETTLE_SECONDS, "the request threads to retire")
+    wait_for(lambda: rss_kib(pid) < rss_before + RSS_SLACK_KIB, SETTLE_SECONDS,
+             f"RSS to come back near {rss_before} KiB")
+
+
 @pytest.mark.slow
 def test_receipts_go_through_quickly_while_200_clients_dribble_headers(daemon_factory):
-    daemon = daemon_factory("[server]\nmax_connections = 400\n")
+    daemon = daemon_factory(INI)
     warm_up(daemon)
     pid = daemon.process.pid
-    threads_before = threads_of(pid)
+    threads_before, rss_before = threads_of(pid), rss_kib(pid)
     latencies: list[float] = []
     thread_counts: list[int] = []
     with Dribblers(daemon.address):
@@ -136,15 +150,16 @@ def test_receipts_go_through_quickly_while_200_clients_dribble_headers(daemon_fa
     assert len(latencies) >= 50, f"only {len(latencies)} receipts in {TRAFFIC_SECONDS} s"
     assert p99 < 1.0, f"p99 {p99:.3f} s over {len(latencies)} receipts"
     assert still_dribbling >= DRIBBLERS, "the dribblers were no longer holding their connections"
-    assert max(thread_counts) == threads_before, "the daemon started threads for the connections"
+    assert max(thread_counts) <= threads_before + LIMIT, "more request threads than max_connections"
     stored = daemon.rows("SELECT count(*) AS n FROM receipts WHERE message_id LIKE 'LORIS%'")[0]["n"]
     assert stored == len(latencies)
     assert "Traceback" not in daemon.log()
+    assert_threads_and_memory_come_back(pid, threads_before, rss_before)
 
 
 @pytest.mark.slow
-def test_thread_count_and_memory_stay_flat_under_a_burst_of_300_connections(daemon_factory):
-    daemon = daemon_factory("[server]\nmax_connections = 400\n")
+def test_thread_count_and_memory_stay_bounded_under_a_burst_of_300_connections(daemon_factory):
+    daemon = daemon_factory(INI)
     warm_up(daemon)
     pid = daemon.process.pid
     threads_before, rss_before = threads_of(pid), rss_kib(pid)
@@ -171,9 +186,10 @@ def test_thread_count_and_memory_stay_flat_under_a_burst_of_300_connections(daem
         return await asyncio.gather(*(client(number) for number in range(300)))
 
     assert sum(asyncio.run(burst())) == 300 * 5
-    assert max(threads for threads, _ in samples) == threads_before
+    assert max(threads for threads, _ in samples) <= threads_before + LIMIT
     peak = max(rss for _, rss in samples)
     assert peak - rss_before < 64 * 1024, f"RSS grew from {rss_before} KiB to {peak} KiB"
+    assert_threads_and_memory_come_back(pid, threads_before, rss_before)
 
 
 def test_connections_past_max_connections_are_closed_at_once_counted_and_logged_once(daemon_factory):

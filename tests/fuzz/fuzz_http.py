@@ -1,4 +1,4 @@
-"""atheris harness: the HTTP request reader (dlrd/http.py) on arbitrary bytes.
+"""atheris harness: the HTTP request reader (dlrd/framing.py on the stdlib's parse_request) on arbitrary bytes.
 
 The head parser and the chunked decoder may only raise HttpError; a head
 they accept must answer every property the server asks of it without
@@ -13,11 +13,12 @@ import atheris
 from fuzz_run import run
 
 with atheris.instrument_imports(include=["dlrd"]):
-    from dlrd.http import (
+    from dlrd.framing import (
         ChunkedDecoder,
         HttpError,
         check_incomplete_head,
-        find_head_end,
+        head_end,
+        head_start,
         parse_head,
     )
 
@@ -42,12 +43,13 @@ def seed_corpus(directory: Path) -> None:
 
 def test_one_input(data: bytes) -> None:
     buffer = bytearray(data)
-    end = find_head_end(buffer)
+    start = head_start(buffer)
+    end = head_end(buffer, start)
     try:
         if end < 0:
-            check_incomplete_head(buffer)
+            check_incomplete_head(buffer, start)
             return
-        head = parse_head(bytes(buffer[:end]))
+        head = parse_head(bytes(buffer[start:end]))
     except HttpError as error:
         assert 400 <= error.status < 600, error.status
         return

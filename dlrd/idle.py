@@ -1,0 +1,195 @@
+"""Connections waiting for their client, in one selector thread, so an idle connection holds no thread.
+
+A keep-alive connection between requests, a new one whose client has not
+sent a byte yet, and one closing after a refusal (draining what the
+client still sends, so the kernel does not reset the connection and
+destroy the answer, RFC 9112 §9.6) all wait here. When a waiting
+connection's next byte comes it goes back to the worker pool; when its
+deadline passes it is closed. This is the design of gunicorn's gthread
+worker and cheroot's connection manager: without it, every idle
+keep-alive connection would hold a thread, and `max_connections` of them
+would leave none for a new client.
+
+Other threads only queue work here and wake the selector through a
+socketpair; the selector and its registrations belong to its own thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from dlrd.connection import ClientConnection
+
+log = logging.getLogger("dlrd.server")
+
+HOUSEKEEPING_SECONDS = 0.5
+DRAIN_BYTES = 64 * 1024
+
+WAIT, LINGER = "wait", "linger"
+
+
+class IdleConnections:
+    """The selector thread: hands a waiting connection back on its next byte, closes it at its deadline."""
+
+    def __init__(self, on_ready: Callable[[ClientConnection], None], on_closed: Callable[[ClientConnection], None],
+                 housekeeping: Callable[[], None]) -> None:
+        self._on_ready = on_ready
+        self._on_closed = on_closed
+        self._housekeeping = housekeeping
+        self._selector = selectors.DefaultSelector()
+        self._wake_in, self._wake_out = socket.socketpair()
+        self._wake_in.setblocking(False)
+        self._wake_out.setblocking(False)
+        self._selector.register(self._wake_in, selectors.EVENT_READ)
+        self._incoming: collections.deque[tuple[str, ClientConnection, float]] = collections.deque()
+        self._deadlines: list[tuple[float, int, ClientConnection]] = []
+        self._waiting: dict[ClientConnection, tuple[str, float]] = {}
+        self._order = itertools.count()
+        self._sleeping = False
+        self._close_waiting = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="dlrd-idle", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def wait(self, connection: ClientConnection, deadline: float) -> None:
+        """Hold `connection` until its client sends a byte (then on_ready) or `deadline` passes (then close)."""
+        self._queue(WAIT, connection, deadline)
+
+    def linger(self, connection: ClientConnection, deadline: float) -> None:
+        """Drain and drop what the client still sends after its answer, then close, at EOF or `deadline`."""
+        self._queue(LINGER, connection, deadline)
+
+    def close_waiting(self) -> None:
+        """dlrd is stopping: close every connection waiting for its client's next request, now."""
+        self._close_waiting = True
+        self._wake()
+
+    def stop(self) -> None:
+        """Close everything still here and end the thread."""
+        self._stopping = True
+        self._wake()
+        self._thread.join(5)
+
+    def _queue(self, kind: str, connection: ClientConnection, deadline: float) -> None:
+        self._incoming.append((kind, connection, deadline))
+        if self._sleeping:
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_out.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up byte is already waiting
+
+    def _run(self) -> None:
+        next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
+        while not self._stopping:
+            now = time.monotonic()
+            timeout = min(next_housekeeping, self._deadlines[0][0] if self._deadlines else next_housekeeping) - now
+            self._sleeping = True
+            if self._incoming or self._close_waiting:
+                timeout = 0
+            try:
+                events = self._selector.select(max(timeout, 0))
+            finally:
+                self._sleeping = False
+            for key, _mask in events:
+                if key.fileobj is self._wake_in:
+                    self._drain_wake()
+                else:
+                    self._ready(key.fileobj)  # type: ignore[arg-type]
+            self._take_incoming()
+            now = time.monotonic()
+            self._expire(now)
+            if self._close_waiting:
+                self._close_waiting = False
+                for connection, (kind, _deadline) in list(self._waiting.items()):
+                    if kind == WAIT:
+                        self._close(connection)
+            if now >= next_housekeeping:
+                next_housekeeping = now + HOUSEKEEPING_SECONDS
+                try:
+                    self._housekeeping()
+                except Exception:
+                    log.exception("internal error in housekeeping")
+        self._take_incoming()
+        for connection in list(self._waiting):
+            self._close(connection)
+        self._selector.close()
+        self._wake_in.close()
+        self._wake_out.close()
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_in.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _take_incoming(self) -> None:
+        while self._incoming:
+            kind, connection, deadline = self._incoming.popleft()
+            try:
+                self._selector.register(connection, selectors.EVENT_READ)
+            except (ValueError, OSError):  # closed meanwhile
+                self._on_closed(connection)
+                continue
+            self._waiting[connection] = (kind, deadline)
+            heapq.heappush(self._deadlines, (deadline, next(self._order), connection))
+        if len(self._deadlines) > 4 * len(self._waiting) + 64:
+            # Entries of connections that left before their deadline: drop them so the heap stays small.
+            self._deadlines = [entry for entry in self._deadlines
+                               if self._waiting.get(entry[2], ("", -1.0))[1] == entry[0]]
+            heapq.heapify(self._deadlines)
+
+    def _ready(self, connection: ClientConnection) -> None:
+        kind, _deadline = self._waiting[connection]
+        if kind == WAIT:
+            self._forget(connection)
+            self._on_ready(connection)
+            return
+        try:
+            connection.sock.setblocking(False)
+            data = connection.sock.recv(DRAIN_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(connection)
+
+    def _expire(self, now: float) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            deadline, _order, connection = heapq.heappop(deadlines)
+            entry = self._waiting.get(connection)
+            if entry is not None and entry[1] == deadline:
+                self._close(connection)
+
+    def _forget(self, connection: ClientConnection) -> None:
+        del self._waiting[connection]
+        try:
+            self._selector.unregister(connection)
+        except (KeyError, ValueError):
+            pass
+
+    def _close(self, connection: ClientConnection) -> None:
+        self._forget(connection)
+        connection.close()
+        self._on_closed(connection)

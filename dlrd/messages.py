@@ -1,0 +1,90 @@
+"""A request and its answer as the application sees them: no sockets, no framing.
+
+The server fills a RequestHead from what the stdlib's parser read, and
+sends back whatever Response the application returns; the endpoints
+(`app.py`, `receiver.py`) only ever see these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from email.message import Message
+from typing import Any
+
+
+class RequestHead:
+    """A parsed request line and header block.
+
+    What every request needs from its headers (path, keep-alive, media
+    type, charset, length) is worked out once here: the stdlib's
+    `Message.get` walks every header on each call.
+    """
+
+    __slots__ = ("charset", "chunked", "content_length", "expects_continue", "forwarded_for", "headers",
+                 "keep_alive", "media_type", "method", "path", "target", "version")
+
+    def __init__(self, method: str, target: str, version: tuple[int, int], headers: Message,
+                 expects_continue: bool = False) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.path = target.partition("?")[0]
+        connection = headers.get_all("Connection")
+        if connection is None:
+            self.keep_alive = version >= (1, 1)
+        else:
+            tokens = {token.strip().lower() for value in connection for token in value.split(",")}
+            self.keep_alive = "close" not in tokens if version >= (1, 1) else "keep-alive" in tokens
+        media_type, _, parameters = (headers.get("Content-Type") or "").partition(";")
+        self.media_type = media_type.strip().lower()
+        self.charset = _charset(parameters) if parameters else None
+        length = headers.get("Content-Length")
+        self.content_length = None if length is None else int(length)
+        self.chunked = "Transfer-Encoding" in headers
+        self.expects_continue = expects_continue and version >= (1, 1)
+        forwarded = headers.get_all("X-Forwarded-For")
+        self.forwarded_for = ", ".join(forwarded) if forwarded else None
+
+    @property
+    def query(self) -> str:
+        return self.target.partition("?")[2]
+
+
+def _charset(parameters: str) -> str | None:
+    """The charset parameter of a Content-Type, from the text after its first ';'."""
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower() or None
+    return None
+
+
+@dataclass
+class Request:
+    """A complete request as the application sees it."""
+
+    head: RequestHead
+    body: bytes
+    remote_addr: str
+    tls_client: str | None = None
+    # What the request waits on while storage commits it (a store Pending),
+    # so a stop can answer it before the commit completes.
+    waiting_on: Any = None
+
+
+@dataclass
+class Response:
+    """What to send back; `close` ends the connection after it."""
+
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    close: bool = False
+
+
+def plain_response(status: int, text: str, close: bool = False, headers: list[tuple[str, str]] | None = None
+                   ) -> Response:
+    """A short text answer for refusals that are not about SOAP (404, 405, 413 ...)."""
+    return Response(status, (text + "\n").encode("utf-8"), headers=headers or [], close=close)
