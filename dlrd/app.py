@@ -13,6 +13,7 @@ from dlrd.auth import SourcePolicy
 from dlrd.config import Config
 from dlrd.messages import Request, RequestHead, Response, plain_response
 from dlrd.metrics import Metrics
+from dlrd.ratelimit import LogLimiter
 from dlrd.receiver import ReceiptEndpoint
 from dlrd.store import ReceiptStore, probe_write
 
@@ -33,6 +34,7 @@ class Application:
         self.store = store
         self.receipts = receipts
         self.metrics = metrics
+        self.refusals = LogLimiter(log)
 
     def reload(self, config: Config) -> None:
         """SIGHUP: receipt paths and the allow-lists follow the re-read config."""
@@ -49,7 +51,8 @@ class Application:
         length = head.content_length
         if path in self.receipt_paths:
             if not self.sources.allows(client):
-                log.warning("refused %s: not in [auth] allow_from", client)
+                self.refusals.log(logging.WARNING, "refusals of sources not in allow_from",
+                                  "refused %s: not in [auth] allow_from", client)
                 return self._refuse(403, "forbidden")
             if head.method != "POST":
                 return self._refuse(405, "receipts are POSTed here", [("Allow", "POST")])
@@ -57,7 +60,8 @@ class Application:
                 return self._refuse(411, "a Content-Length or a chunked body is required")
         elif path in (HEALTH_PATH, METRICS_PATH):
             if not self.sources.monitors(client):
-                log.warning("refused %s: not in [auth] monitor_from", client)
+                self.refusals.log(logging.WARNING, "refusals of sources not in monitor_from",
+                                  "refused %s: not in [auth] monitor_from", client)
                 return self._refuse(403, "forbidden")
             if head.method not in ("GET", "HEAD"):
                 return self._refuse(405, f"{path} answers GET", [("Allow", "GET, HEAD")])
@@ -79,6 +83,7 @@ class Application:
     def housekeeping(self) -> None:
         """Twice a second, from the idle selector's thread: what is due without a request to trigger it."""
         self.receipts.flush_logs()
+        self.refusals.flush()
 
     def _health(self) -> Response:
         """200 only when a write transaction commits now: the database is writable."""

@@ -53,6 +53,9 @@ _METHOD_SO_FAR = re.compile(rb"[A-Z]{0,20}(?: |$)")
 # by _refuse_header_line, which says why.
 _HEADER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+# RFC 9112 §3.2 and RFC 3986 §3.2.2: uri-host [ ":" port ], the host an
+# IP literal in brackets or a reg-name (empty allowed).
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 # Headers of which a request may carry one: two of them make its framing,
 # its routing or its reading ambiguous.
 _SINGLE_HEADERS = ("Host", "Transfer-Encoding", "Content-Type")
@@ -175,9 +178,13 @@ def check_framing(headers: Message, version: tuple[int, int]) -> None:
     for name in _SINGLE_HEADERS:
         if len(headers.get_all(name) or ()) > 1:
             raise HttpError(400, f"{name.lower()} header given twice")
-    if version >= (1, 1) and "Host" not in headers:
-        # RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
-        raise HttpError(400, "an HTTP/1.1 request needs a Host header")
+    host = headers.get("Host")
+    if host is None:
+        if version >= (1, 1):
+            # RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host,
+            raise HttpError(400, "an HTTP/1.1 request needs a Host header")
+    elif not _HOST.fullmatch(host.strip()):
+        raise HttpError(400, "the Host header is not a host[:port]")  # ... or with an invalid one
     encoding = headers.get("Transfer-Encoding")
     if encoding is not None:
         if version < (1, 1):

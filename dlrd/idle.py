@@ -55,6 +55,10 @@ class IdleConnections:
         self._order = itertools.count()
         self._sleeping = False
         self._close_waiting = False
+        # Kept-alive connections waiting here, and how many of them new clients have claimed (reclaim()).
+        self._lock = threading.Lock()
+        self._kept_alive = 0
+        self._claimed = 0
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="dlrd-idle", daemon=True)
 
@@ -74,6 +78,21 @@ class IdleConnections:
     def linger(self, connection: ClientConnection, deadline: float) -> None:
         """Drain and drop what the client still sends after its answer, then close, at EOF or `deadline`."""
         self._queue(LINGER, connection, deadline)
+
+    def reclaim(self) -> bool:
+        """From any thread: True when a kept-alive connection waiting here will be closed to make room.
+
+        At max_connections, a new client matters more than an idle
+        kept-alive connection, which its client reopens when it needs it
+        (RFC 9112 §9.8: either side may close an idle connection): the
+        longest idle one is closed, and the new client is served at once.
+        """
+        with self._lock:
+            if self._kept_alive - self._claimed <= 0:
+                return False
+            self._claimed += 1
+        self._wake()
+        return True
 
     def close_waiting(self) -> None:
         """dlrd is stopping: close every connection waiting for its client's next request, now."""
@@ -115,6 +134,8 @@ class IdleConnections:
                 else:
                     self._ready(key.fileobj)  # type: ignore[arg-type]
             self._take_incoming()
+            if self._claimed:
+                self._close_claimed()
             now = time.monotonic()
             self._expire(now)
             if self._close_waiting:
@@ -152,15 +173,32 @@ class IdleConnections:
                 continue
             self._waiting[connection] = (kind, deadline)
             heapq.heappush(self._deadlines, (deadline, next(self._order), connection))
+            if kind == WAIT and connection.served:
+                with self._lock:
+                    self._kept_alive += 1
         if len(self._deadlines) > 4 * len(self._waiting) + 64:
             # Entries of connections that left before their deadline: drop them so the heap stays small.
             self._deadlines = [entry for entry in self._deadlines
                                if self._waiting.get(entry[2], ("", -1.0))[1] == entry[0]]
             heapq.heapify(self._deadlines)
 
+    def _close_claimed(self) -> None:
+        """Close the longest idle kept-alive connections, as many as new clients claimed."""
+        waiting = sorted((deadline, order, connection) for deadline, order, connection in self._deadlines
+                         if self._waiting.get(connection) == (WAIT, deadline) and connection.served)
+        for _deadline, _order, connection in waiting[:self._claimed]:
+            self._close(connection)
+            with self._lock:
+                self._claimed -= 1
+        with self._lock:
+            self._claimed = min(self._claimed, self._kept_alive)
+
     def _ready(self, connection: ClientConnection) -> None:
         kind, _deadline = self._waiting[connection]
         if kind == WAIT:
+            if _closed_by_client(connection.sock):
+                self._close(connection)  # here: a worker woken to read an EOF costs a thread switch or a start
+                return
             self._forget(connection)
             self._on_ready(connection)
             return
@@ -183,7 +221,10 @@ class IdleConnections:
                 self._close(connection)
 
     def _forget(self, connection: ClientConnection) -> None:
-        del self._waiting[connection]
+        kind, _deadline = self._waiting.pop(connection)
+        if kind == WAIT and connection.served:
+            with self._lock:
+                self._kept_alive -= 1
         try:
             self._selector.unregister(connection)
         except (KeyError, ValueError):
@@ -193,3 +234,18 @@ class IdleConnections:
         self._forget(connection)
         connection.close()
         self._on_closed(connection)
+
+
+def _closed_by_client(sock: socket.socket) -> bool:
+    """True when the readable socket's next bytes are its end (or an error): nothing left for a worker.
+
+    Peeks at the TCP bytes themselves, below TLS (an SSLSocket refuses
+    flags on recv), so nothing is consumed.
+    """
+    try:
+        sock.setblocking(False)
+        return socket.socket.recv(sock, 1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True

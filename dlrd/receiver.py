@@ -17,7 +17,7 @@ from dlrd.codes import ReportCodeTable
 from dlrd.errors import StorageUnavailable
 from dlrd.messages import Request, Response, plain_response
 from dlrd.metrics import Metrics
-from dlrd.ratelimit import LogTally, SourceBudget
+from dlrd.ratelimit import LogLimiter, LogTally, SourceBudget
 from dlrd.receipt import InvalidReceipt, validate_fields
 from dlrd.soap import (
     Envelope,
@@ -29,7 +29,7 @@ from dlrd.soap import (
     redact_pin,
     version_from_content_type,
 )
-from dlrd.store import Pending, ReceiptStore, insert_quarantine, insert_receipt
+from dlrd.store import QUARANTINE_DISK, Pending, ReceiptStore, insert_quarantine, insert_receipt
 
 log = logging.getLogger("dlrd.receipts")
 
@@ -103,11 +103,19 @@ class ReceiptEndpoint:
                  "but not kept; delete old quarantine rows or raise the limit (counted once a minute here)",
             "%d refused request(s) from %d source(s) answered but not kept: the quarantine is full, "
             "[storage] quarantine_max_bytes (the most from %s)")
+        self._disk_low = LogTally(
+            log, "the disk holding the database is nearly full: a refused request from %s was answered but not "
+                 "kept in the quarantine, so the space left is for receipts (counted once a minute here)",
+            "%d refused request(s) from %d source(s) answered but not kept: the disk is nearly full "
+            "(the most from %s)")
+        self.refusals = LogLimiter(log)
 
     def flush_logs(self) -> None:
-        """Housekeeping: log the counts of requests not kept, when a minute has passed."""
+        """Housekeeping: log the counts of requests not kept or not logged, when a minute has passed."""
         self._past_rate.flush()
         self._quarantine_full.flush()
+        self._disk_low.flush()
+        self.refusals.flush()
 
     def serve(self, request: Request) -> Response:
         """The answer: at once when refused, after the commit when stored."""
@@ -115,7 +123,8 @@ class ReceiptEndpoint:
         try:
             envelope = parse_envelope(request.body, request.head.charset, version_from_content_type(media_type))
         except EnvelopeRejected as rejected:
-            log.warning("refused a request from %s: %s", request.remote_addr, rejected.reason)
+            self.refusals.log(logging.WARNING, "refusals of requests that are not receipts",
+                              "refused a request from %s: %s", request.remote_addr, rejected.reason)
             self.metrics.count("dlrd_requests_refused_total", status="fault", reason="not-a-receipt")
             return fault_response(media_type, rejected.soap_version, True, rejected.reason)
         if self.credentials.required and not self.credentials.accept(envelope.fields):
@@ -181,12 +190,13 @@ class ReceiptEndpoint:
         kept: a 503 has already been reported by the store, and saying
         "quarantined" then would send the operator to an empty table.
         """
-        body = redact_pin(request.body, envelope.fields.get("PIN"), envelope.encoding)
         source = request.remote_addr
-        if not self.quarantine_rate.take(source, len(body)):
+        # The budget first: redaction costs a parse, and past the rate nothing is kept anyway.
+        if not self.quarantine_rate.take(source, len(request.body)):
             self.metrics.count("dlrd_quarantine_not_kept_total", reason="rate")
             self._past_rate.note(source)
             return answer
+        body = redact_pin(request.body, envelope.fields.get("PIN"), envelope.encoding)
         pending = self.store.submit(insert_quarantine(received_at, source, reason, request.head.media_type, body,
                                                       self.store.quarantine_budget))
         late = self._wait(request, envelope, pending)
@@ -194,9 +204,9 @@ class ReceiptEndpoint:
             return late
         if pending.error is not None:
             return self._failure(request, envelope, pending.error)
-        if pending.value is None:
-            self.metrics.count("dlrd_quarantine_not_kept_total", reason="full")
-            self._quarantine_full.note(source)
+        if isinstance(pending.value, str):  # not kept: the quarantine or the disk is full
+            self.metrics.count("dlrd_quarantine_not_kept_total", reason=pending.value)
+            (self._disk_low if pending.value == QUARANTINE_DISK else self._quarantine_full).note(source)
         else:
             log.warning(note, *note_args)
             self.metrics.count("dlrd_receipts_quarantined_total", reason=kind)

@@ -14,6 +14,7 @@ header-then-body writes.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import socket
@@ -21,6 +22,7 @@ import socketserver
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
@@ -34,7 +36,7 @@ from dlrd.idle import IdleConnections
 from dlrd.messages import Request, RequestHead, Response, plain_response
 from dlrd.metrics import Metrics
 from dlrd.pool import WorkerPool
-from dlrd.ratelimit import source_key
+from dlrd.ratelimit import LogLimiter, source_key
 from dlrd.tls import ServerTls, certificate_files
 
 log = logging.getLogger("dlrd.server")
@@ -66,14 +68,19 @@ class ConnectionLimits:
         self._by_source: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def admit(self, key: str) -> str | None:
-        """None and counted when one more connection from `key` may open; else the reason it may not."""
+    def admit(self, key: str, reclaim: Callable[[], bool]) -> str | None:
+        """None and counted when one more connection from `key` may open; else the reason it may not.
+
+        At the limit, `reclaim()` may free a place (an idle kept-alive
+        connection closed for it): the count then passes the limit for the
+        moment that takes.
+        """
         with self._lock:
-            if self.open >= self.total:
-                return "max-connections"
             held = self._by_source.get(key, 0)
             if held >= self.per_source:
                 return "max-connections-per-source"
+            if self.open >= self.total and not reclaim():
+                return "max-connections"
             self.open += 1
             self._by_source[key] = held + 1
             return None
@@ -86,6 +93,37 @@ class ConnectionLimits:
                 self._by_source[key] = held
             else:
                 del self._by_source[key]
+
+
+class MemoryReturn:
+    """Gives the C heap's free memory back to the system after a burst of connections.
+
+    A TLS connection's OpenSSL state is allocated in the malloc arena of
+    the request thread that ran its handshake; when a burst is over, glibc
+    keeps the freed memory of those arenas unless asked (malloc_trim(3)).
+    Asked at most every TRIM_SECONDS, and only once the open connections
+    fell TRIM_AFTER below the most seen since the last time.
+    """
+
+    TRIM_SECONDS = 30.0
+    TRIM_AFTER = 64
+
+    def __init__(self) -> None:
+        self._most = 0
+        self._last = time.monotonic()
+        try:
+            self._trim: Callable[[int], int] | None = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):  # not glibc (musl): nothing to ask
+            self._trim = None
+
+    def after_burst(self, open_connections: int) -> None:
+        self._most = max(self._most, open_connections)
+        now = time.monotonic()
+        if self._most - open_connections < self.TRIM_AFTER or now - self._last < self.TRIM_SECONDS:
+            return
+        self._most, self._last = open_connections, now
+        if self._trim is not None:
+            self._trim(0)
 
 
 class Listener(socketserver.TCPServer):
@@ -173,6 +211,8 @@ class RequestHandler(StrictParsing):
             server.close(connection)
             return False
         idle_until = connection.idle_until
+        holding = server.holding
+        holding.add(connection)
         try:
             connection.receive(min(time.monotonic() + KEEPALIVE_HOLD_SECONDS, idle_until))
             return True
@@ -185,6 +225,8 @@ class RequestHandler(StrictParsing):
         except ClientGone:
             server.close(connection)
             return False
+        finally:
+            holding.discard(connection)
 
     def handle_one_request(self) -> bool:  # type: ignore[override]
         """Read, serve and answer one request; True when the connection stays open for the next."""
@@ -232,13 +274,16 @@ class RequestHandler(StrictParsing):
     def _refuse(self, error: HttpError, head: RequestHead | None) -> bool:
         """A request whose framing cannot be trusted: answer, then close, whatever it said."""
         self.server.metrics.count("dlrd_requests_refused_total", status=str(error.status), reason="http")
-        log.info("refused a request from %s: %d %s", self.request.remote_addr, error.status, error.reason)
+        self.server.refusals.log(logging.INFO, "refusals of malformed requests", "refused a request from %s: %d %s",
+                                 self.request.remote_addr, error.status, error.reason)
         self.request.buffer.clear()
         return self._answer(head, plain_response(error.status, error.reason, close=True), refusal=True)
 
     def _timed_out(self, part: str) -> bool:
         self.server.metrics.count("dlrd_requests_refused_total", status="408", reason="timeout")
-        log.info("timed out a slow client %s while it sent the request %s", self.request.remote_addr, part)
+        self.server.refusals.log(logging.INFO, "timeouts of slow clients",
+                                 "timed out a slow client %s while it sent the request %s", self.request.remote_addr,
+                                 part)
         self.request.buffer.clear()
         return self._answer(None, plain_response(408, "request timeout", close=True), refusal=True)
 
@@ -268,8 +313,10 @@ class RequestHandler(StrictParsing):
             connection.send(data, time.monotonic() + server.request_timeout)
         except (DeadlinePassed, ClientGone) as error:
             if isinstance(error, DeadlinePassed):
-                log.info("closed the connection of %s: it did not take its answer within request_timeout",
-                         connection.remote_addr)
+                self.server.metrics.count("dlrd_requests_refused_total", status="closed", reason="not-reading")
+                server.refusals.log(logging.INFO, "closes of clients that did not take their answer",
+                                    "closed the connection of %s: it did not take its answer within "
+                                    "request_timeout", connection.remote_addr)
             server.abort(connection)
             return False
         connection.served += 1
@@ -326,8 +373,11 @@ class HttpServer:
         self.limits = ConnectionLimits(config["server", "max_connections"],
                                        config["server", "max_connections_per_source"])
         self.pool = WorkerPool(self._serve, self.limits.total)
-        self.idle = IdleConnections(self.pool.submit, self._closed, app.housekeeping)
+        self.refusals = LogLimiter(log)
+        self.memory = MemoryReturn()
+        self.idle = IdleConnections(self.pool.submit, self._closed, self._housekeeping)
         self.active: set[ClientConnection] = set()  # in a worker's hands now
+        self.holding: set[ClientConnection] = set()  # of those, waiting for their next request (a kept-alive hold)
         self.stopping = False
         self.bound: list[str] = []
         self._listeners: list[Listener] = []
@@ -358,6 +408,11 @@ class HttpServer:
                                       name=f"dlrd-accept {listener.url()}", daemon=True)
             thread.start()
             self._accept_threads.append(thread)
+
+    def _housekeeping(self) -> None:
+        self.app.housekeeping()
+        self.refusals.flush()
+        self.memory.after_burst(self.limits.open)
 
     def alive(self) -> bool:
         """False once an accept thread or the idle selector died: the watchdog then stops feeding systemd."""
@@ -424,7 +479,7 @@ class HttpServer:
             self._refused("allow-from", address, "refused connections from %s at once: not in [auth] allow_from "
                                                   "or monitor_from")
             return False
-        reason = self.limits.admit(source_key(address))
+        reason = self.limits.admit(source_key(address), self._reclaim)
         if reason is None:
             return True
         if reason == "max-connections":
@@ -444,6 +499,21 @@ class HttpServer:
                 self._refusals_logged.clear()
             self._refusals_logged[key] = now
             log.warning(message, address)
+
+    def _reclaim(self) -> bool:
+        """At max_connections: close an idle kept-alive connection for a new client (see IdleConnections.reclaim),
+        waiting in the idle selector or still held by its worker just after its answer."""
+        if self.idle.reclaim():
+            return True
+        for connection in list(self.holding):
+            if connection.served:
+                self.holding.discard(connection)
+                try:
+                    connection.sock.shutdown(socket.SHUT_RDWR)  # its worker's recv ends; it closes it
+                except OSError:
+                    continue
+                return True
+        return False
 
     def accepted(self, sock: socket.socket, peer: str, tls: bool) -> None:
         """In the accept thread: hand an admitted connection to a worker (its handshake and first request)."""
@@ -469,7 +539,8 @@ class HttpServer:
             return True
         except (DeadlinePassed, ClientGone, ssl.SSLError, OSError) as error:
             self.metrics.count("dlrd_tls_handshake_failures_total")
-            log.info("TLS handshake with %s failed: %s", connection.peer_addr, _handshake_failure(error))
+            self.refusals.log(logging.INFO, "failed TLS handshakes", "TLS handshake with %s failed: %s",
+                              connection.peer_addr, _handshake_failure(error))
             if isinstance(error, ssl.SSLError) and error.reason == "HTTP_REQUEST":
                 # Plain HTTP on the HTTPS port: say so in HTTP, as nginx does, rather than with a reset.
                 try:

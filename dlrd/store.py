@@ -204,19 +204,43 @@ class QuarantineBudget:
     Anyone who can reach a receipt path can make a request that is
     refused and kept; without a cap a flood of them fills the disk, and
     then real receipts are answered 503. `used` is counted in the database
-    at start, and again by the next quarantine job after a failed
-    transaction (which may have counted rows it did not keep).
+    at start, on SIGHUP, after a failed transaction (which may have
+    counted rows it did not keep), and when the cap is met, at most every
+    RECOUNT_SECONDS, so rows an operator deleted make room again.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used: int | None = None
+        self.counted_at = 0.0
+
+    def count(self, connection: sqlite3.Connection) -> int:
+        self.used = connection.execute(_QUARANTINE_SIZE).fetchone()[0]
+        self.counted_at = time.monotonic()
+        return self.used
+
+    def room_for(self, size: int, connection: sqlite3.Connection) -> bool:
+        used = self.count(connection) if self.used is None else self.used
+        if used + size <= self.limit:
+            return True
+        if time.monotonic() - self.counted_at >= RECOUNT_SECONDS:
+            return self.count(connection) + size <= self.limit
+        return False
+
+
+# Refused requests are not kept while the database's file system has less
+# free than this: the last of the disk is for real receipts.
+QUARANTINE_DISK_RESERVE = 32 * 1024 * 1024
+RECOUNT_SECONDS = 10.0
+QUARANTINE_FULL, QUARANTINE_DISK = "full", "disk"
 
 
 class QuarantineInsert:
-    """The job that keeps a refused request for replay, if the quarantine has room; None when it had not.
+    """The job that keeps a refused request for replay if there is room: its row id, or why it was not kept.
 
-    The caller has already redacted the PIN.
+    The caller has already redacted the PIN. Not kept: QUARANTINE_FULL
+    past quarantine_max_bytes, QUARANTINE_DISK with less than
+    QUARANTINE_DISK_RESERVE free on the disk.
     """
 
     __slots__ = ("budget", "params", "size")
@@ -227,18 +251,28 @@ class QuarantineInsert:
         self.size = len(body) + len(reason) + len(remote_addr) + len(content_type) + len(received_at)
         self.budget = budget
 
-    def __call__(self, connection: sqlite3.Connection) -> int | None:
+    def __call__(self, connection: sqlite3.Connection) -> int | str:
         budget = self.budget
-        if budget.used is None:
-            budget.used = connection.execute(_QUARANTINE_SIZE).fetchone()[0]
-        if budget.used + self.size > budget.limit:
-            return None
+        if not budget.room_for(self.size, connection):
+            return QUARANTINE_FULL
+        if _free_bytes(connection) < QUARANTINE_DISK_RESERVE + self.size:
+            return QUARANTINE_DISK
         cursor = connection.execute(
             "INSERT INTO quarantine (received_at, remote_addr, reason, content_type, body) VALUES (?, ?, ?, ?, ?)",
             self.params,
         )
-        budget.used += self.size
+        budget.used = (budget.used or 0) + self.size
         return cursor.lastrowid or 0
+
+
+def _free_bytes(connection: sqlite3.Connection) -> int:
+    """Free bytes for unprivileged writers on the file system of the connection's main database."""
+    path = connection.execute("PRAGMA database_list").fetchone()[2]
+    try:
+        stats = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:
+        return QUARANTINE_DISK_RESERVE * 2  # cannot tell: let SQLite say whether it fits
+    return stats.f_bavail * stats.f_frsize
 
 
 def insert_quarantine(received_at: str, remote_addr: str, reason: str, content_type: str, body: bytes,
@@ -458,8 +492,39 @@ class DatabaseFile:
             return "replaced by another file"
         return None
 
+    def connect(self, lock_timeout: float, synchronous: str) -> sqlite3.Connection:
+        """A new connection by path, only while the path names this file (checked before and after)."""
+        what = self.lost()
+        if what is None:
+            connection = connect(self.path, lock_timeout, synchronous)
+            what = self.lost()
+            if what is None:
+                return connection
+            connection.close()
+        raise DatabaseLost(what)
+
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _empty_write_ahead_log(connection: sqlite3.Connection) -> None:
+    """Copy the write-ahead log into the database file dlrd has open, wherever it now is, and truncate it.
+
+    Once the database has been moved or replaced, SQLite neither
+    checkpoints nor deletes its write-ahead log at close (it sees the file
+    moved), so `dlrd.db-wal` would stay at the path and be replayed into
+    whatever file is put there: a restored backup was left "malformed", or
+    silently holding the old rows instead of its own. Emptied, it is
+    harmless there, and the moved file holds every commit.
+    """
+    try:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.Error as error:
+        log.warning("could not empty the write-ahead log of the database dlrd had open: %s", error)
+
+
+class DatabaseLost(Exception):
+    """The database path no longer names the file dlrd opened; nothing may connect to it by path."""
 
 
 class Checkpointer:
@@ -476,10 +541,11 @@ class Checkpointer:
     page has been copied already, so it costs the writer little.
     """
 
-    def __init__(self, database: Path, lock_timeout: float, synchronous: str) -> None:
+    def __init__(self, database: Path, lock_timeout: float, synchronous: str, database_file: DatabaseFile) -> None:
         self.database = database
         self.lock_timeout = lock_timeout
         self.synchronous = synchronous
+        self.database_file = database_file
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dlrd-checkpoint", daemon=True)
 
@@ -493,23 +559,31 @@ class Checkpointer:
     def _run(self) -> None:
         connection: sqlite3.Connection | None = None
         while not self._stopping.wait(CHECKPOINT_SECONDS):
+            if self.database_file.lost() is not None:
+                # Never connect by path to a file that is not the one dlrd opened.
+                if connection is not None:
+                    _empty_write_ahead_log(connection)
+                    connection.close()
+                    connection = None
+                continue
             try:
                 if connection is None:
-                    connection = connect(self.database, self.lock_timeout, self.synchronous)
+                    connection = self.database_file.connect(self.lock_timeout, self.synchronous)
                 connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as error:
+            except (sqlite3.Error, DatabaseLost) as error:
                 # The writer reports storage trouble once per condition; a failed
                 # checkpoint only leaves the WAL longer until the next one.
                 log.debug("WAL checkpoint failed: %s", error)
                 if connection is not None:
                     connection.close()
                 connection = None
-        if connection is not None:
+        if connection is not None and self.database_file.lost() is None:
             try:
                 connection.execute(f"PRAGMA busy_timeout = {FINAL_CHECKPOINT_WAIT_MS}")
                 connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except sqlite3.Error as error:
                 log.debug("final WAL checkpoint failed: %s", error)
+        if connection is not None:
             connection.close()
 
 
@@ -553,7 +627,7 @@ class ReceiptStore:
             self._connection = connect(self.database, self.lock_timeout, self.synchronous)
             migrate(self._connection)
             self._database_file = DatabaseFile(self.database)
-            self.quarantine_budget.used = self._connection.execute(_QUARANTINE_SIZE).fetchone()[0]
+            self.quarantine_budget.count(self._connection)
             position = self._connection.execute("SELECT last_id FROM journal_position").fetchone()[0]
             self.journal.open()
             # The files' last line and the position each may be the further: a power cut can take lines the
@@ -578,7 +652,8 @@ class ReceiptStore:
         self._linked_id = self._journaled_id
         self._thread = threading.Thread(target=self._run, name="dlrd-writer", daemon=True)
         self._thread.start()
-        self._checkpointer = Checkpointer(self.database, self.lock_timeout, self.synchronous)
+        assert self._database_file is not None
+        self._checkpointer = Checkpointer(self.database, self.lock_timeout, self.synchronous, self._database_file)
         self._checkpointer.start()
 
     def close(self) -> None:
@@ -692,8 +767,14 @@ class ReceiptStore:
     def _process(self, batch: list[_Work]) -> None:
         jobs = [(work, pending) for work, pending, transactional in batch
                 if transactional and not pending.cancelled]  # a probe past its deadline is skipped
-        if jobs:
-            self._commit(jobs)
+        # Refused requests kept for replay commit in a transaction of their own: one that fails
+        # (the disk full) must not fail the receipts beside it.
+        receipts = [job for job in jobs if type(job[0]) is not QuarantineInsert]
+        kept = [job for job in jobs if type(job[0]) is QuarantineInsert]
+        if receipts:
+            self._commit(receipts)
+        if kept:
+            self._commit(kept)
         for work, pending, transactional in batch:
             if not transactional:
                 try:
@@ -716,6 +797,9 @@ class ReceiptStore:
             return
         try:
             results = self._transaction([job for job, _pending in batch])
+        except DatabaseLost:
+            self._refuse_batch(batch, self._database_lost() or StorageCondition("lost", "the database was lost"))
+            return
         except sqlite3.Error as error:
             self.quarantine_budget.used = None  # the failed transaction may have counted rows it did not keep
             condition = self._condition_of(error)
@@ -758,6 +842,10 @@ class ReceiptStore:
         what = self._database_file.lost()
         if what is None:
             return None
+        if self._connection is not None:
+            _empty_write_ahead_log(self._connection)
+        # Nothing connects again until the path names this file once more.
+        self._disconnect()
         return StorageCondition("lost", f"the database {self.database} was {what} while dlrd had it open; "
                                         "receipts committed into it now would be gone after a restart, so they "
                                         f"are answered 503: move the file back to {self.database}, or restart "
@@ -776,10 +864,15 @@ class ReceiptStore:
         for item in batch:
             self._commit([item])
 
-    def _transaction(self, jobs: list[Job]) -> list[Any]:
+    def _writer_connection(self) -> sqlite3.Connection:
+        """The writer's connection; made again by path only while the path names the file dlrd opened."""
         if self._connection is None:
-            self._connection = connect(self.database, self.lock_timeout, self.synchronous)
-        connection = self._connection
+            assert self._database_file is not None
+            self._connection = self._database_file.connect(self.lock_timeout, self.synchronous)
+        return self._connection
+
+    def _transaction(self, jobs: list[Job]) -> list[Any]:
+        connection = self._writer_connection()
         now = time.monotonic()
         if now < self._position_due and not self._id_floor and all(type(job) is ReceiptInsert for job in jobs):
             return insert_receipts(connection, jobs)  # type: ignore[arg-type]
@@ -846,6 +939,11 @@ class ReceiptStore:
             log.debug("could not record the journal position: %s", error)
 
     def _reopen_journal(self, fsync: bool | None, rotation: Rotation | None) -> None:
+        if self._connection is not None:
+            try:
+                self.quarantine_budget.count(self._connection)  # SIGHUP: rows an operator deleted make room
+            except sqlite3.Error as error:
+                log.debug("could not count the quarantine: %s", error)
         deleted = self._rewind_if_journal_deleted()
         self.journal.reopen(fsync, rotation)
         if deleted:
@@ -875,6 +973,8 @@ class ReceiptStore:
                 count = len(batch)
             else:
                 count = self._catch_up_journal()
+        except DatabaseLost:
+            return  # the writer reports that condition; the journal catches up once the file is back
         except (OSError, sqlite3.Error) as error:
             if self.journal_writable:
                 log.error("cannot write the journal %s: %s; receipts are safe in the database and will be "
@@ -901,10 +1001,8 @@ class ReceiptStore:
                 return count
 
     def _rows_after(self, after_id: int, limit: int) -> list[dict[str, Any]]:
-        if self._connection is None:
-            self._connection = connect(self.database, self.lock_timeout, self.synchronous)
         columns = ", ".join(JOURNAL_FIELDS) + ", tls_client"
-        cursor = self._connection.execute(
+        cursor = self._writer_connection().execute(
             f"SELECT {columns} FROM receipts WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row)) for row in cursor]

@@ -531,6 +531,7 @@ HEAD_ATTACKS = {
     "headers-too-large": (b"GET /healthz HTTP/1.1\r\nX-A: " + b"b" * 17000 + b"\r\n\r\n", 431),
     "http-1.1-without-host": (b"POST / HTTP/1.1\r\nContent-Type: text/soap\r\nContent-Length: 0\r\n\r\n", 400),
     "two-host-headers": (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    "host-not-a-host": (b"GET /healthz HTTP/1.1\r\nHost: a b/c\r\n\r\n", 400),
     "http-0.9": (b"GET /healthz\r\n", 400),
     "http-2-version": (b"GET /healthz HTTP/2.0\r\n\r\n", 505),
     "http-2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
@@ -646,3 +647,21 @@ def test_a_fault_names_neither_libxml2_options_nor_spans_lines(daemon):
         [answer] = talk(daemon.address, post_bytes(body))
         reason = assert_fault(answer)
         assert "XML_PARSE_HUGE" not in reason and "\n" not in reason, reason
+
+
+def test_a_flood_of_refused_requests_writes_a_bounded_log_and_counts_every_one(daemon_factory):
+    """4000 malformed requests in two seconds wrote 4000 log lines; each kind is now logged 30 times a minute
+    at most, the rest counted and summed up."""
+    flooded = daemon_factory(name="flooded")
+    for number in range(150):
+        [answer] = talk(flooded.address, post_bytes(b"not xml %d" % number))
+        assert answer.status == 500
+        [answer] = talk(flooded.address, b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        assert answer.status == 400
+    log = flooded.log()
+    assert log.count("refused a request from") <= 2 * 30
+    [metrics] = talk(flooded.address, b"GET /metrics HTTP/1.0\r\n\r\n")
+    counted = {labels: int(value) for labels, value in
+               re.findall(rb'^dlrd_requests_refused_total\{([^}]*)\} (\d+)$', metrics.body, re.MULTILINE)}
+    assert counted[b'reason="not-a-receipt",status="fault"'] == 150
+    assert counted[b'reason="http",status="400"'] == 150

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import socket
 import threading
+import time
 import urllib.request
+from types import SimpleNamespace
 
+import pytest
 from provider import read_soap_answer
 from test_auth import AUTH_INI, ENVELOPE, SEED_USERNAME, with_credentials
-from wire import parse_answer, read_until_closed, wait_for
+from wire import exchange, parse_answer, read_until_closed, wait_for
 
+from dlrd import store as store_module
 from dlrd.ratelimit import SUMMARY_SECONDS, LogTally, SourceBudget, source_key
+from dlrd.soap import REDACTED_PIN, parse_envelope
 
 PADDING = b"<Padding>" + b"x" * 8000 + b"</Padding>\n"
 QUARANTINE_SIZE = ("SELECT coalesce(sum(length(body) + length(reason) + length(remote_addr) + length(content_type)"
@@ -159,3 +165,88 @@ def test_a_run_of_events_is_logged_once_then_counted_once_a_minute(caplog):
 
     assert [record.getMessage() for record in caplog.records] == [
         "first from 192.0.2.1", "58 more from 2 source(s), most 192.0.2.1", "first from 192.0.2.9"]
+
+
+def test_a_body_built_to_slow_the_pin_redaction_does_not_stall_the_daemon(daemon_factory):
+    """Thirteen thousand unclosed <PIN> tags in a comment took the redaction 4.5 s a request, holding the GIL."""
+    daemon = daemon_factory(AUTH_INI)
+    hostile = with_credentials("Someone.Else", "RED.music").replace(
+        b"<Report", b"<!--" + b"<PIN>" * 12_500 + b"-->\n<Report")
+    assert len(hostile) < 64 * 1024
+    answers: list[int] = []
+    floods = [threading.Thread(target=lambda: answers.append(post_from("127.0.0.2", daemon.address, hostile)))
+              for _ in range(4)]
+    for flood in floods:
+        flood.start()
+    started = time.monotonic()
+    assert post_from("127.0.0.1", daemon.address, ENVELOPE) == 200
+    waited = time.monotonic() - started
+    for flood in floods:
+        flood.join(60)
+    assert answers == [500] * 4
+    assert waited < 2.0, f"a real receipt waited {waited:.1f} s behind four hostile ones"
+
+
+@pytest.mark.parametrize("pin_element", [
+    b'<PIN a="/>">BLUE&#46;music</PIN>',
+    b"<PIN>BLUE<!--</PIN>-->.music</PIN>",
+    b"<PIN>BLUE<?x </PIN>?>.music</PIN>",
+    b"<PIN><![CDATA[BLUE</PIN>]]>.music</PIN>",
+    b"<PIN>BLUE.music</PIN><Extra a='BLUE&#46;music'/>",
+], ids=["gt-in-attribute", "end-tag-in-comment", "end-tag-in-pi", "end-tag-in-cdata", "in-an-attribute"])
+def test_a_pin_the_parser_reads_never_stays_in_the_quarantined_body(daemon_factory, pin_element):
+    daemon = daemon_factory(AUTH_INI)
+    body = with_credentials("Someone.Else", None).replace(b"<Report", pin_element + b"\n<Report")
+    assert "BLUE" in parse_envelope(body).fields["PIN"]  # the parser reads the PIN
+
+    assert post_from("127.0.0.1", daemon.address, body) == 500
+
+    [kept] = daemon.rows("SELECT body FROM quarantine")
+    assert b"BLUE" not in kept["body"]
+    assert parse_envelope(kept["body"]).fields["PIN"] == REDACTED_PIN
+
+
+def test_a_flood_from_many_ipv6_networks_is_held_by_the_budget_all_sources_share(daemon_factory):
+    """One customer's /56 is 256 /64s, each with a budget of its own: together they filled the quarantine at once."""
+    daemon = daemon_factory(AUTH_INI + "    trusted_proxies = 127.0.0.1\n"
+                            "    [storage]\n    quarantine_rate = 10k\n    quarantine_max_bytes = 10m\n")
+    body = with_credentials(SEED_USERNAME, "RED.music").replace(b"</Report>\n", b"</Report>\n" + PADDING)
+    for network in range(120):
+        head = (b"POST / HTTP/1.0\r\nHost: r\r\nContent-Type: text/soap\r\nX-Forwarded-For: 2001:db8:1:%x::1\r\n"
+                b"Content-Length: %d\r\n\r\n" % (network, len(body)))
+        assert exchange(daemon.address, head + body).status == 500
+
+    kept = daemon.rows("SELECT count(*) FROM quarantine")[0][0]
+    # 16 times one source's 10 KiB, a little refill, about 8 KiB a request: not 120 requests.
+    assert 1 <= kept <= (16 * 10 * 1024) // len(body) + 2, kept
+
+
+def test_rows_deleted_while_dlrd_runs_make_room_again_on_sighup(daemon_factory):
+    daemon = daemon_factory(AUTH_INI + "    [storage]\n    quarantine_max_bytes = 20k\n    quarantine_rate = 10m\n")
+    assert bad_pin_flood("127.0.0.2", daemon.address, 4, "H") == [500] * 4
+    assert daemon.rows("SELECT count(*) FROM quarantine")[0][0] == 2
+    with daemon.db() as connection:
+        connection.execute("DELETE FROM quarantine")
+    connection.close()
+
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: metric_samples(daemon, "dlrd_quarantine_bytes")[""] == 0, 10, "the quarantine to be counted")
+    assert bad_pin_flood("127.0.0.2", daemon.address, 1, "J") == [500]
+    assert daemon.rows("SELECT count(*) FROM quarantine")[0][0] == 1
+
+
+def test_the_cap_is_counted_again_when_met_so_deleted_rows_make_room(tmp_path, monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(store_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    connection = store_module.connect(tmp_path / "dlrd.db", lock_timeout=5)
+    store_module.migrate(connection)
+    budget = store_module.QuarantineBudget(1000)
+    job = store_module.insert_quarantine("2026-12-01T00:00:00.000Z", "192.0.2.1", "r", "text/soap", b"x" * 900,
+                                         budget)
+    assert isinstance(job(connection), int)
+    assert job(connection) == store_module.QUARANTINE_FULL
+    connection.execute("DELETE FROM quarantine")
+    now[0] += store_module.RECOUNT_SECONDS - 1
+    assert job(connection) == store_module.QUARANTINE_FULL, "counted at most every RECOUNT_SECONDS"
+    now[0] += 1
+    assert isinstance(job(connection), int)

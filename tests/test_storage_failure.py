@@ -500,3 +500,64 @@ def test_a_database_replaced_under_the_running_daemon_is_answered_503_until_it_i
     assert [row["message_id"] for row in daemon.rows("SELECT message_id FROM receipts ORDER BY id")] == [
         "BEFORE", "AFTER"]
     assert [line["message_id"] for line in daemon.journal()] == ["BEFORE", "AFTER"]
+
+
+def test_a_replaced_database_is_left_whole_when_dlrd_is_killed_after_noticing(daemon_factory):
+    """The old write-ahead log must not stay beside the replacement: opened later, SQLite replays it into it.
+
+    Before, after `mv other.db dlrd.db` and a kill -9 the replacement was "database disk image is malformed",
+    or silently held the old rows instead of its own.
+    """
+    daemon = daemon_factory()
+    path = daemon.data / "dlrd.db"
+    for number in range(300):
+        assert soap_report(post(daemon.address, receipt_body(f"OLD{number}"))) == 0
+    wal = daemon.data / "dlrd.db-wal"
+    assert wal.exists() and wal.stat().st_size > 0
+    replacement = daemon.directory / "replacement.db"
+    with sqlite3.connect(replacement) as connection:
+        connection.execute("CREATE TABLE own_rows (name TEXT)")
+        connection.executemany("INSERT INTO own_rows VALUES (?)", [("NEW",)] * 4)
+    connection.close()
+    os.replace(replacement, path)
+
+    assert_unavailable(post(daemon.address, receipt_body("REFUSED")))
+    wait_for(lambda: not wal.exists() or wal.stat().st_size == 0, 5, "dlrd to let go of the old write-ahead log")
+    daemon.kill()
+
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert connection.execute("SELECT count(*) FROM own_rows").fetchone()[0] == 4
+        assert connection.execute("SELECT name FROM sqlite_master WHERE name = 'receipts'").fetchone() is None
+    connection.close()
+
+
+@needs_mounts
+def test_refused_requests_are_not_kept_when_the_disk_is_nearly_full_and_receipts_still_are(daemon_factory, tmp_path):
+    """The last QUARANTINE_DISK_RESERVE of the disk is for receipts: a flood of refused requests got it before."""
+    unshare, enter = NAMESPACE
+    data = tmp_path / "d" / "data"
+    mount = [*unshare, "sh", "-c", 'mkdir -p "$0" && mount -t tmpfs -o size=40m tmpfs "$0" && exec "$@"', str(data)]
+    daemon = daemon_factory("[auth]\npin = right\n[storage]\nquarantine_rate = 100m\n", wrap=mount)
+    bad_pin = receipt_body("BADPIN0").replace(b"BLUE.music", b"RED.music")
+    assert post(daemon.address, bad_pin).status == 500
+    # The operator's disk fills up with something else: less than the reserve is left.
+    fill = subprocess.run(["nsenter", "--target", str(daemon.process.pid), *enter, "dd", "if=/dev/zero",
+                           f"of={data / 'ballast'}", "bs=1M", "count=12"], capture_output=True, timeout=30)
+    assert fill.returncode == 0, fill.stderr
+    for number in range(1, 6):
+        assert post(daemon.address, bad_pin.replace(b"BADPIN0", f"BADPIN{number}".encode())).status == 500
+    good = receipt_body("GOOD").replace(b"BLUE.music", b"right")
+    assert soap_report(post(daemon.address, good)) == 0
+
+    assert metric_with_labels(daemon, "dlrd_quarantine_not_kept_total", 'reason="disk"') == 5
+    assert "the disk holding the database is nearly full" in daemon.log()
+    stored, _journaled = stored_and_journaled(daemon, data, enter)
+    assert stored == ["GOOD"]
+
+
+def metric_with_labels(daemon, name: str, labels: str) -> float:
+    with urllib.request.urlopen(daemon.urls[0] + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    match = re.search(rf"^{re.escape(name)}{re.escape('{' + labels + '}')} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
