@@ -1,6 +1,6 @@
 """Run `dlrd` exactly as the console script does, recording the writer's commit batch sizes.
 
-dlrd does not export its group-commit batch sizes yet, so the benchmark wraps
+dlrd's /metrics gives only the mean group-commit batch, so the benchmark wraps
 ReceiptStore._commit from the outside (dlrd's code is not changed): each call
 is one transaction, and len(batch) the jobs it committed. When the daemon
 exits, the counts go as JSON to the file named by $DLRD_BENCH_BATCHES. The

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import shutil
 import subprocess
 import sys
@@ -22,9 +23,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-from run import Server, run_wrk
+from run import MODES, Server, run_wrk
 
 TOP = 18
+POOL_THREAD = re.compile(r"(dlrd-request)-\d+")
 
 
 def summarise(raw: Path) -> str:
@@ -36,7 +38,8 @@ def summarise(raw: Path) -> str:
         if not count.isdigit():  # a thread sampled with no Python frame
             continue
         frames = stack.split(";")
-        thread = frames[0].split(": ", 1)[-1]
+        # The request threads of the pool (dlrd-request-1, -2, ...) do the same work: one summary for them all.
+        thread = POOL_THREAD.sub(r"\1-*", frames[0].split(": ", 1)[-1])
         samples = int(count)
         totals[thread] += samples
         own[thread][frames[-1]] += samples
@@ -56,7 +59,7 @@ def summarise(raw: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="the py-spy program")
-    parser.add_argument("--mode", choices=("keepalive", "close"), default="keepalive")
+    parser.add_argument("--mode", choices=tuple(MODES), default="keepalive")
     parser.add_argument("--conns", type=int, default=16)
     parser.add_argument("--duration", type=int, default=8, help="seconds of load (py-spy samples all but 2)")
     parser.add_argument("--idle", action="store_true", help="include idle samples (waits) as well")
@@ -69,7 +72,7 @@ def main() -> int:
     directory = Path(options.workdir) / "profile"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    server = Server("dlrd", directory, {0} if options.split else None, probe=False)
+    server = Server("dlrd", directory, {0} if options.split else None, probe=False, tls=MODES[options.mode].tls)
     server.start()
     raw = Path(tempfile.mkstemp(suffix=".txt")[1])
     try:
