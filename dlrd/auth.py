@@ -7,6 +7,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -56,6 +57,7 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
+@lru_cache(maxsize=4096)
 def normalised_address(text: str) -> str:
     """The address as stored, logged and matched: no brackets or port, IPv4-mapped IPv6 as IPv4.
 
@@ -100,7 +102,7 @@ class SourcePolicy:
     def client_address(self, peer: str, forwarded_for: str | None) -> str:
         """The real client, normalised: the peer, or, behind a trusted proxy, the nearest untrusted
         X-Forwarded-For hop."""
-        if not forwarded_for or not self._trusted(peer):
+        if not forwarded_for or not self.trusted_proxies or not self._trusted(peer):
             return normalised_address(peer)
         hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
         for hop in reversed(hops):

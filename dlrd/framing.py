@@ -52,13 +52,14 @@ _METHOD_SO_FAR = re.compile(rb"[A-Z]{0,20}(?: |$)")
 # control bytes other than HTAB (no DEL either). Anything else is refused
 # by _refuse_header_line, which says why.
 _HEADER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*")
+_HEADER_SECTION = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r?\n)*\r?\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 # RFC 9112 §3.2 and RFC 3986 §3.2.2: uri-host [ ":" port ], the host an
 # IP literal in brackets or a reg-name (empty allowed).
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 # Headers of which a request may carry one: two of them make its framing,
 # its routing or its reading ambiguous.
-_SINGLE_HEADERS = ("Host", "Transfer-Encoding", "Content-Type")
+_SINGLE_HEADERS = ("host", "transfer-encoding", "content-type")
 
 
 class HttpError(Exception):
@@ -148,13 +149,13 @@ def check_head_block(block: bytes) -> tuple[bytes, bytes]:
     fields = block[line_end:]
     if len(block) > MAX_HEAD_BYTES or len(fields) > MAX_HEADER_BYTES:
         raise HttpError(431, "request headers too large")
-    lines = fields.split(b"\n")[:-2]  # the empty line ends it: b"...\r\n\r\n" splits into [..., b"\r", b""]
-    if len(lines) > MAX_HEADERS:
+    if fields.count(b"\n") - 1 > MAX_HEADERS:
         raise HttpError(431, "too many request headers")
-    for raw_line in lines:
-        line = raw_line[:-1] if raw_line.endswith(b"\r") else raw_line
-        if _HEADER_LINE.fullmatch(line) is None:
-            _refuse_header_line(line)
+    if _HEADER_SECTION.fullmatch(fields) is None:  # the usual case in one call; else say which line and why
+        for raw_line in fields.split(b"\n")[:-2]:  # the empty line ends it: [..., b"\r", b""]
+            line = raw_line[:-1] if raw_line.endswith(b"\r") else raw_line
+            if _HEADER_LINE.fullmatch(line) is None:
+                _refuse_header_line(line)
     return first, fields
 
 
@@ -168,30 +169,42 @@ def _refuse_header_line(line: bytes) -> NoReturn:
     raise HttpError(400, "control characters in a header value")
 
 
-def check_framing(headers: Message, version: tuple[int, int]) -> None:
+def header_fields(headers: Message) -> dict[str, list[str]]:
+    """The parsed headers by lower-case name, each with its values in order: one pass over them.
+
+    `Message.get` walks every header and lower-cases each name again on
+    each call; a request needs a dozen such lookups.
+    """
+    fields: dict[str, list[str]] = {}
+    for name, value in headers.items():
+        fields.setdefault(name.lower(), []).append(value)
+    return fields
+
+
+def check_framing(headers: Message, fields: dict[str, list[str]], version: tuple[int, int]) -> None:
     """RFC 9112 §3.2 and §6, on the headers the stdlib parsed: one Host, one unambiguous body length."""
     if headers.defects:
         raise HttpError(400, "malformed header line")
-    lengths = headers.get_all("Content-Length") or []
+    lengths = fields.get("content-length", ())
     if len({value.strip() for value in lengths}) > 1:
         raise HttpError(400, "content-length header given twice")
     for name in _SINGLE_HEADERS:
-        if len(headers.get_all(name) or ()) > 1:
-            raise HttpError(400, f"{name.lower()} header given twice")
-    host = headers.get("Host")
+        if len(fields.get(name, ())) > 1:
+            raise HttpError(400, f"{name} header given twice")
+    host = fields.get("host")
     if host is None:
         if version >= (1, 1):
             # RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host,
             raise HttpError(400, "an HTTP/1.1 request needs a Host header")
-    elif not _HOST.fullmatch(host.strip()):
+    elif not _HOST.fullmatch(host[0].strip()):
         raise HttpError(400, "the Host header is not a host[:port]")  # ... or with an invalid one
-    encoding = headers.get("Transfer-Encoding")
+    encoding = fields.get("transfer-encoding")
     if encoding is not None:
         if version < (1, 1):
             raise HttpError(400, "Transfer-Encoding needs HTTP/1.1")
         if lengths:
             raise HttpError(400, "both Content-Length and Transfer-Encoding given")
-        if encoding.strip().lower() != "chunked":
+        if encoding[0].strip().lower() != "chunked":
             raise HttpError(501, "only the chunked transfer coding is supported")
     if lengths:
         length = lengths[0].strip()
@@ -232,7 +245,8 @@ class StrictParsing(BaseHTTPRequestHandler):
         if not self.parse_request():
             raise HttpError(400, "malformed request")
         self.version = (int(self.request_version[5]), int(self.request_version[7]))
-        check_framing(self.headers, self.version)
+        self.fields = header_fields(self.headers)
+        check_framing(self.headers, self.fields, self.version)
         self.path = origin_form(self.path)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> NoReturn:
@@ -259,7 +273,8 @@ def parse_head(block: bytes) -> RequestHead:
     """
     handler = _Offline()
     handler.parse_head_block(block)
-    return RequestHead(handler.command, handler.path, handler.version, handler.headers, handler.expects_continue)
+    return RequestHead(handler.command, handler.path, handler.version, handler.headers, handler.fields,
+                       handler.expects_continue)
 
 
 class ChunkedDecoder:

@@ -196,14 +196,14 @@ class IdleConnections:
     def _ready(self, connection: ClientConnection) -> None:
         kind, _deadline = self._waiting[connection]
         if kind == WAIT:
-            if _closed_by_client(connection.sock):
+            if _closed_by_client(connection):
                 self._close(connection)  # here: a worker woken to read an EOF costs a thread switch or a start
                 return
             self._forget(connection)
             self._on_ready(connection)
             return
         try:
-            connection.sock.setblocking(False)
+            connection.nonblocking()
             data = connection.sock.recv(DRAIN_BYTES)
         except (BlockingIOError, InterruptedError):
             return
@@ -236,15 +236,15 @@ class IdleConnections:
         self._on_closed(connection)
 
 
-def _closed_by_client(sock: socket.socket) -> bool:
+def _closed_by_client(connection: ClientConnection) -> bool:
     """True when the readable socket's next bytes are its end (or an error): nothing left for a worker.
 
     Peeks at the TCP bytes themselves, below TLS (an SSLSocket refuses
     flags on recv), so nothing is consumed.
     """
     try:
-        sock.setblocking(False)
-        return socket.socket.recv(sock, 1, socket.MSG_PEEK) == b""
+        connection.nonblocking()
+        return socket.socket.recv(connection.sock, 1, socket.MSG_PEEK) == b""
     except (BlockingIOError, InterruptedError):
         return False
     except OSError:

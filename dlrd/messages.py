@@ -24,26 +24,27 @@ class RequestHead:
                  "keep_alive", "media_type", "method", "path", "target", "version")
 
     def __init__(self, method: str, target: str, version: tuple[int, int], headers: Message,
-                 expects_continue: bool = False) -> None:
+                 fields: dict[str, list[str]], expects_continue: bool = False) -> None:
         self.method = method
         self.target = target
         self.version = version
         self.headers = headers
         self.path = target.partition("?")[0]
-        connection = headers.get_all("Connection")
+        connection = fields.get("connection")
         if connection is None:
             self.keep_alive = version >= (1, 1)
         else:
             tokens = {token.strip().lower() for value in connection for token in value.split(",")}
             self.keep_alive = "close" not in tokens if version >= (1, 1) else "keep-alive" in tokens
-        media_type, _, parameters = (headers.get("Content-Type") or "").partition(";")
+        content_type = fields.get("content-type")
+        media_type, _, parameters = content_type[0].partition(";") if content_type else ("", "", "")
         self.media_type = media_type.strip().lower()
         self.charset = _charset(parameters) if parameters else None
-        length = headers.get("Content-Length")
-        self.content_length = None if length is None else int(length)
-        self.chunked = "Transfer-Encoding" in headers
+        length = fields.get("content-length")
+        self.content_length = None if length is None else int(length[0])
+        self.chunked = "transfer-encoding" in fields
         self.expects_continue = expects_continue and version >= (1, 1)
-        forwarded = headers.get_all("X-Forwarded-For")
+        forwarded = fields.get("x-forwarded-for")
         self.forwarded_for = ", ".join(forwarded) if forwarded else None
 
     @property

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import lru_cache
 
 Clock = Callable[[], float]
 
@@ -24,6 +25,7 @@ SUMMARY_SECONDS = 60.0
 LINES_PER_MINUTE = 30
 
 
+@lru_cache(maxsize=4096)
 def source_key(address: str) -> str:
     """The unit a budget belongs to: an IPv4 address, or an IPv6 /64 (one host's usual share)."""
     try:

@@ -241,7 +241,7 @@ class RequestHandler(StrictParsing):
         except ClientGone:
             server.close(connection)
             return False
-        head = RequestHead(self.command, self.path, self.version, self.headers, self.expects_continue)
+        head = RequestHead(self.command, self.path, self.version, self.headers, self.fields, self.expects_continue)
         app = server.app
         connection.remote_addr = app.sources.client_address(connection.peer_addr, head.forwarded_for)
         refusal = app.check_head(head, connection.remote_addr)

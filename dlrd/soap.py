@@ -55,6 +55,7 @@ _FOREIGN_FIRST_BYTES = (
     (b"\x3c\x00\x3f\x00", "UTF-16 little-endian"),
     (b"\x4c\x6f\xa7\x94", "EBCDIC"),
 )
+_FOREIGN_PREFIXES = tuple(first_bytes for first_bytes, _family in _FOREIGN_FIRST_BYTES)
 REDACTED_PIN = "[redacted]"
 
 # The XML declaration's encoding. Read from the raw bytes, which is sound
@@ -154,9 +155,9 @@ def body_encoding(body: bytes, charset: str | None = None) -> str:
     UTF-16 or UTF-32 without a byte order mark, or not XML at all. The
     result is imposed on the parser: libxml2 never guesses.
     """
-    for first_bytes, family in _FOREIGN_FIRST_BYTES:
-        if body.startswith(first_bytes):
-            raise EncodingRefused(f"the body is {family}; it must be UTF-8 or ISO-8859-1")
+    if body.startswith(_FOREIGN_PREFIXES):
+        family = next(family for first_bytes, family in _FOREIGN_FIRST_BYTES if body.startswith(first_bytes))
+        raise EncodingRefused(f"the body is {family}; it must be UTF-8 or ISO-8859-1")
     if b"\x00" in body:
         raise EncodingRefused("the body holds NUL bytes (UTF-16 or UTF-32?); it must be UTF-8 or ISO-8859-1")
     bom = body.startswith(_UTF8_BOM)
