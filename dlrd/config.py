@@ -156,7 +156,7 @@ SETTINGS: tuple[Setting, ...] = (
             "PEM private key of tls_cert (certbot's privkey.pem). Empty: the key is in tls_cert. Re-read on SIGHUP."),
     Setting("server", "tls_client_ca", parse_text, "",
             "PEM CA bundle; when set, HTTPS clients must present a certificate it signed, and its subject is "
-            "stored with each receipt. Empty: no client certificates."),
+            "stored with each receipt. Re-read on SIGHUP. Empty: no client certificates."),
     Setting("server", "path", parse_paths, "/",
             "URL paths that accept receipts, comma-separated. Point the provider's URL at one of them."),
     Setting("server", "max_body_bytes", parse_positive_size, "64k",

@@ -582,7 +582,7 @@ class HttpServer:
 
 
 def _resolve(host: str, port: int) -> list[Address]:
-    """Every address `host` names (localhost: 127.0.0.1 and ::1), as asyncio and most servers bind them."""
+    """Every address `host` names (localhost: 127.0.0.1 and ::1), as most servers bind them."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:

@@ -91,7 +91,7 @@ _RECEIPT_COLUMNS = ("received_at", "message_id", "sent_to", "report", "timestamp
 # A batch of receipts is stored with one statement: in autocommit mode it
 # is its own transaction, so the batch costs the writer one call into SQLite
 # (one release of the GIL) instead of one per receipt plus BEGIN and COMMIT;
-# each release is a hand-off with the event loop thread.
+# each release is a hand-off with the request threads.
 #
 # Up to VALUES_ROWS receipts, a multi-row INSERT ... VALUES binds each value
 # directly. Each row count is its own prepared statement, and SQLite's

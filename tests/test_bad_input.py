@@ -578,8 +578,7 @@ def test_pipelined_requests_in_one_write_are_all_answered_in_order(daemon):
 
 
 def test_a_long_pipeline_of_refused_envelopes_is_answered_in_full_and_in_order(daemon):
-    """A fault is answered at once, within the read that brought its request; the next pipelined
-    request is read from the event loop afterwards, not from inside that answer, so a long
+    """Each fault is answered in turn and the next pipelined request read after it, so a long
     pipeline neither nests calls nor gets cut short."""
     count = 400
     bad = post_bytes(b"<not-a-receipt/>", version="1.1")

@@ -31,3 +31,23 @@ def test_ready_reloading_stopping_and_watchdog_reach_notify_socket(daemon_factor
         assert received("STOPPING=1")
     finally:
         listener.close()
+
+
+def test_what_the_watchdog_checks_turns_false_when_a_thread_it_needs_dies(tmp_path):
+    """systemd restarts a daemon that stops feeding its watchdog: it must stop when a thread it needs died."""
+    from dlrd.config import load_config
+    from dlrd.daemon import Daemon
+
+    ini = tmp_path / "dlrd.ini"
+    ini.write_text(f"[server]\nlisten = 127.0.0.1:0\n[storage]\ndatabase = {tmp_path / 'dlrd.db'}\n"
+                   f"[journal]\ndirectory = {tmp_path}\n")
+    daemon = Daemon(load_config(str(ini)))
+    daemon.start()
+    try:
+        assert daemon.store.writer_alive() and daemon.server.alive()
+        daemon.server._listeners[0].shutdown()  # the accept thread ends, as if it had died
+        wait_for(lambda: not daemon.server.alive(), 5, "the dead accept thread to be seen")
+        assert daemon.store.writer_alive()
+    finally:
+        daemon.stop()
+    assert not daemon.store.writer_alive()
