@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import threading
 import time
 from typing import Any
 
@@ -35,8 +36,8 @@ class ClientConnection:
     (`dlrd.idle`), which hands it to a worker again when its next byte comes.
     """
 
-    __slots__ = ("_blocking", "buffer", "idle_until", "kernel_timeouts", "opened", "peer_addr", "remote_addr",
-                 "request", "served", "sock", "source_key", "tls_client", "tls_context")
+    __slots__ = ("_blocking", "buffer", "guard", "held", "idle_until", "kernel_timeouts", "opened", "peer_addr",
+                 "reclaimed", "remote_addr", "request", "served", "sock", "source_key", "tls_client", "tls_context")
 
     def __init__(self, sock: socket.socket, peer_addr: str, source_key: str,
                  tls_context: ssl.SSLContext | None, request_timeout: float) -> None:
@@ -55,6 +56,11 @@ class ClientConnection:
         self.idle_until = self.opened + request_timeout
         self.served = 0  # requests answered
         self.request: Any = None  # the dlrd.messages.Request being served, for a stop to answer
+        # A worker waiting on it for the next request (held), and whether it was taken back for a new
+        # client meanwhile (reclaimed): set under the guard, by the worker and by the accept thread.
+        self.guard = threading.Lock()
+        self.held = False
+        self.reclaimed = False
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -117,16 +123,15 @@ class ClientConnection:
         """
         deadline = time.monotonic() + request_timeout
         buffer = self.buffer
-        searched = 0
+        checked = 0
         while True:
             start = head_start(buffer)
-            end = head_end(buffer, max(start, searched - 2))
+            end = head_end(buffer, max(start, checked - 2))
             if end >= 0:
                 block = bytes(buffer[start:end])
                 del buffer[:end]
                 return block
-            check_incomplete_head(buffer, start)
-            searched = len(buffer)
+            checked = check_incomplete_head(buffer, start, checked)
             self.receive(deadline)
 
     def read_body(self, length: int | None, limit: int, request_timeout: float, min_body_rate: int) -> bytes:

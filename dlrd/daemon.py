@@ -14,6 +14,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 from dlrd import __version__
 from dlrd.app import Application
@@ -25,7 +26,7 @@ from dlrd.journal import JournalWriter, Rotation
 from dlrd.metrics import Metrics
 from dlrd.receiver import ReceiptEndpoint
 from dlrd.server import HttpServer
-from dlrd.store import ReceiptStore
+from dlrd.store import Pending, ReceiptStore
 from dlrd.systemd import Notifier
 
 log = logging.getLogger("dlrd")
@@ -38,6 +39,7 @@ RESTART_ONLY = (
 )
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 JOURNAL_REOPEN_SECONDS = 30.0
+REOPEN_POLL_SECONDS = 0.05
 
 
 def configure_logging(level: str) -> None:
@@ -103,17 +105,7 @@ class Daemon:
             for url in self.server.bound:
                 log.info("listening on %s", url)
             self.notifier.ready(f"listening on {', '.join(self.server.bound)}")
-            while True:
-                readable, _, _ = select.select([wake_in], [], [], self.notifier.watchdog_interval)
-                if not readable:
-                    if self.store.writer_alive() and self.server.alive():
-                        self.notifier.watchdog()
-                    continue
-                signals = set(wake_in.recv(64))
-                if signals & {int(signum) for signum in STOP_SIGNALS}:
-                    break
-                if int(signal.SIGHUP) in signals:
-                    self.reload()
+            self._loop(wake_in)
         finally:
             signal.set_wakeup_fd(previous)
             for signum, handler in handlers.items():
@@ -123,6 +115,44 @@ class Daemon:
         self.stop()
         return 0
 
+    def _loop(self, wake_in: socket.socket) -> None:
+        """Until a stop signal: act on SIGHUP, feed the watchdog on time, never block on the writer.
+
+        The journal is reopened by the writer thread between two batches;
+        with storage stuck that can take lock_timeout, and meanwhile the
+        watchdog must still be fed and SIGTERM still obeyed.
+        """
+        assert self.server is not None
+        interval = self.notifier.watchdog_interval
+        next_ping = time.monotonic() + interval if interval else None
+        reopening: Pending | None = None
+        while True:
+            now = time.monotonic()
+            waits = [deadline - now for deadline in (next_ping,) if deadline is not None]
+            if reopening is not None:
+                waits.append(REOPEN_POLL_SECONDS)
+            readable, _, _ = select.select([wake_in], [], [], max(0.0, min(waits)) if waits else None)
+            now = time.monotonic()
+            if next_ping is not None and now >= next_ping:
+                next_ping = now + interval  # type: ignore[operator]
+                if self.store.writer_alive() and self.server.alive():
+                    self.notifier.watchdog()
+            if readable:
+                signals = set(wake_in.recv(64))
+                if signals & {int(signum) for signum in STOP_SIGNALS}:
+                    return
+                if int(signal.SIGHUP) in signals and reopening is None:
+                    reopening = self.reload()
+                    reopened_by = now + JOURNAL_REOPEN_SECONDS
+            if reopening is not None and (reopening.done() or now >= reopened_by):
+                if not reopening.done():
+                    log.error("SIGHUP: the journal was not reopened within %.0f s (storage stuck?)",
+                              JOURNAL_REOPEN_SECONDS)
+                elif reopening.error is not None:
+                    log.error("SIGHUP: could not reopen the journal: %s", reopening.error)
+                reopening = None
+                self.notifier.ready("reloaded")
+
     def stop(self) -> None:
         self.notifier.stopping()
         log.info("stopping: finishing requests in progress")
@@ -131,8 +161,9 @@ class Daemon:
         self.store.close()
         log.info("stopped")
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the config, reload the certificate, reopen the journal; never drop a connection."""
+    def reload(self) -> Pending:
+        """SIGHUP: re-read the config, reload the certificate; the journal's reopening is left to the writer,
+        and what it returns says when that is done (the main loop then tells systemd READY)."""
         assert self.server is not None
         config = self.config
         self.notifier.reloading()
@@ -159,12 +190,7 @@ class Daemon:
             for warning in fresh.warnings:
                 log.warning("%s", warning)
             self.config = config = fresh
-        try:
-            self.store.reopen_journal(config["journal", "fsync"], journal_rotation(config)).result(
-                JOURNAL_REOPEN_SECONDS)
-        except Exception as error:
-            log.error("SIGHUP: could not reopen the journal: %s", error)
-        self.notifier.ready("reloaded")
+        return self.store.reopen_journal(config["journal", "fsync"], journal_rotation(config))
 
 
 def _ignore(signum: int, frame: object) -> None:

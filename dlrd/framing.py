@@ -45,9 +45,10 @@ _ABSOLUTE_FORM = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://[^/?#]+([/?][\x21-\x7e]*)?
 # clients send CRLF after a POST body).
 _EMPTY_LINES = re.compile(rb"(?:\r?\n)*")
 # What the start of a request line may look like before its end arrives:
-# a method, then a space. Anything else (a TLS ClientHello, a scanner's
-# binary probe) is refused at once instead of waiting for request_timeout.
-_METHOD_SO_FAR = re.compile(rb"[A-Z]{0,20}(?: |$)")
+# the start of "METHOD target HTTP/x.y". Anything else (a TLS ClientHello,
+# a scanner's binary probe) is refused at once, not at request_timeout.
+_REQUEST_LINE_SO_FAR = re.compile(
+    rb"[A-Z]{0,20}(?: [\x21-\x7e]{0,8192}(?: (?:H(?:T(?:T(?:P(?:/(?:\d(?:\.(?:\d\r?)?)?)?)?)?)?)?)?)?)?")
 # A header line as it may be: a token, a colon, and a value without
 # control bytes other than HTAB (no DEL either). Anything else is refused
 # by _refuse_header_line, which says why.
@@ -91,24 +92,31 @@ def head_end(buffer: bytes | bytearray, start: int = 0) -> int:
     return crlf + 3 if lf < 0 or crlf < lf else lf + 2
 
 
-def check_incomplete_head(buffer: bytes | bytearray, start: int) -> None:
-    """Refuse early a head that can no longer be valid, before waiting for more bytes."""
+def check_incomplete_head(buffer: bytes | bytearray, start: int, checked: int = 0) -> int:
+    """Refuse early a head that can no longer be valid, before waiting for more bytes.
+
+    `checked` is what this returned for the same head before: bytes up to
+    it are not looked at again, so a head dribbled a byte at a time costs
+    a byte's work per byte. Returns the new such offset.
+    """
     line_end = buffer.find(b"\n", start)
     if line_end < 0:
         if len(buffer) - start > MAX_REQUEST_LINE:
             raise HttpError(414, "request line too long")
-        if not _METHOD_SO_FAR.match(buffer, start):
+        if not _REQUEST_LINE_SO_FAR.fullmatch(buffer, start, len(buffer)):
             raise HttpError(400, "malformed request line")
     else:
-        # The request line is complete: judge it now. An HTTP/0.9 request
-        # ("GET /") has nothing after it, so waiting would only time out.
-        request_line(bytes(buffer[start:line_end]))
+        if line_end >= checked - 1:
+            # The request line is complete, and was not before: judge it now. An HTTP/0.9
+            # request ("GET /") has nothing after it, so waiting would only time out.
+            request_line(bytes(buffer[start:line_end]))
         if len(buffer) - line_end - 1 > MAX_HEADER_BYTES:
             raise HttpError(431, "request headers too large")
-    _refuse_bare_cr(buffer, start, len(buffer) - 1)  # a final CR may yet be followed by its LF
+    _refuse_bare_cr(buffer, max(start, checked - 1), len(buffer) - 1)  # a final CR may yet be followed by its LF
     if len(buffer) > MAX_HEAD_BYTES:
         # Also bounds a flood of empty lines before the request line.
         raise HttpError(431, "request headers too large")
+    return len(buffer)
 
 
 def _refuse_bare_cr(buffer: bytes | bytearray, start: int, end: int) -> None:
@@ -284,6 +292,7 @@ class ChunkedDecoder:
         self.limit = limit
         self.body = bytearray()
         self._remaining = 0
+        self._trailer_bytes = 0
         self._state = "size"
 
     def feed(self, buffer: bytearray) -> bool:
@@ -326,6 +335,11 @@ class ChunkedDecoder:
                     return False
                 if not line:
                     return True
+                self._trailer_bytes += len(line)
+                if self._trailer_bytes > MAX_HEADER_BYTES:
+                    raise HttpError(400, "chunked trailer too long")
+                if _HEADER_LINE.fullmatch(line) is None:
+                    _refuse_header_line(line)  # trailers are header lines: the same rules
 
 
 def _take_line(buffer: bytearray, limit: int, too_long: str) -> bytes | None:

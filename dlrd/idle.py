@@ -54,12 +54,13 @@ class IdleConnections:
         self._waiting: dict[ClientConnection, tuple[str, float]] = {}
         self._order = itertools.count()
         self._sleeping = False
-        self._close_waiting = False
-        # Kept-alive connections waiting here, and how many of them new clients have claimed (reclaim()).
+        self._stopping = False  # dlrd stops: what waits for a next request is closed, now and when it comes
+        self._ended = False
+        # Kept-alive connections here or on their way here, and how many of them new clients have
+        # claimed (reclaim()); counted when queued, so a connection just handed over can be claimed.
         self._lock = threading.Lock()
         self._kept_alive = 0
         self._claimed = 0
-        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="dlrd-idle", daemon=True)
 
     def start(self) -> None:
@@ -73,6 +74,9 @@ class IdleConnections:
 
     def wait(self, connection: ClientConnection, deadline: float) -> None:
         """Hold `connection` until its client sends a byte (then on_ready) or `deadline` passes (then close)."""
+        if connection.served:
+            with self._lock:
+                self._kept_alive += 1
         self._queue(WAIT, connection, deadline)
 
     def linger(self, connection: ClientConnection, deadline: float) -> None:
@@ -84,7 +88,7 @@ class IdleConnections:
 
         At max_connections, a new client matters more than an idle
         kept-alive connection, which its client reopens when it needs it
-        (RFC 9112 §9.8: either side may close an idle connection): the
+        (RFC 9112 §9.6: either side may close an idle connection): the
         longest idle one is closed, and the new client is served at once.
         """
         with self._lock:
@@ -95,13 +99,13 @@ class IdleConnections:
         return True
 
     def close_waiting(self) -> None:
-        """dlrd is stopping: close every connection waiting for its client's next request, now."""
-        self._close_waiting = True
+        """dlrd is stopping: close every connection waiting for its client's next request, now and from now on."""
+        self._stopping = True
         self._wake()
 
     def stop(self) -> None:
         """Close everything still here and end the thread."""
-        self._stopping = True
+        self._ended = True
         self._wake()
         self._thread.join(5)
 
@@ -118,43 +122,47 @@ class IdleConnections:
 
     def _run(self) -> None:
         next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
-        while not self._stopping:
-            now = time.monotonic()
-            timeout = min(next_housekeeping, self._deadlines[0][0] if self._deadlines else next_housekeeping) - now
-            self._sleeping = True
-            if self._incoming or self._close_waiting:
-                timeout = 0
+        while not self._ended:
             try:
-                events = self._selector.select(max(timeout, 0))
-            finally:
-                self._sleeping = False
-            for key, _mask in events:
-                if key.fileobj is self._wake_in:
-                    self._drain_wake()
-                else:
-                    self._ready(key.fileobj)  # type: ignore[arg-type]
-            self._take_incoming()
-            if self._claimed:
-                self._close_claimed()
-            now = time.monotonic()
-            self._expire(now)
-            if self._close_waiting:
-                self._close_waiting = False
-                for connection, (kind, _deadline) in list(self._waiting.items()):
-                    if kind == WAIT:
-                        self._close(connection)
-            if now >= next_housekeeping:
-                next_housekeeping = now + HOUSEKEEPING_SECONDS
-                try:
-                    self._housekeeping()
-                except Exception:
-                    log.exception("internal error in housekeeping")
+                next_housekeeping = self._turn(next_housekeeping)
+            except Exception:  # this thread must outlive any bug: every idle connection depends on it
+                log.exception("internal error in the idle connections' thread")
         self._take_incoming()
         for connection in list(self._waiting):
             self._close(connection)
         self._selector.close()
         self._wake_in.close()
         self._wake_out.close()
+
+    def _turn(self, next_housekeeping: float) -> float:
+        """One wait for events, and what is due after it; returns when housekeeping is next due."""
+        now = time.monotonic()
+        timeout = min(next_housekeeping, self._deadlines[0][0] if self._deadlines else next_housekeeping) - now
+        self._sleeping = True
+        if self._incoming or self._claimed or self._stopping:
+            timeout = 0
+        try:
+            events = self._selector.select(max(timeout, 0))
+        finally:
+            self._sleeping = False
+        for key, _mask in events:
+            if key.fileobj is self._wake_in:
+                self._drain_wake()
+            elif key.fileobj in self._waiting:  # not closed by an earlier event of this turn
+                self._ready(key.fileobj)  # type: ignore[arg-type]
+        self._take_incoming()
+        if self._claimed:
+            self._close_claimed()
+        if self._stopping:
+            for connection, (kind, _deadline) in list(self._waiting.items()):
+                if kind == WAIT:
+                    self._close(connection)
+        now = time.monotonic()
+        self._expire(now)
+        if now >= next_housekeeping:
+            next_housekeeping = now + HOUSEKEEPING_SECONDS
+            self._housekeeping()
+        return next_housekeeping
 
     def _drain_wake(self) -> None:
         try:
@@ -168,28 +176,32 @@ class IdleConnections:
             kind, connection, deadline = self._incoming.popleft()
             try:
                 self._selector.register(connection, selectors.EVENT_READ)
-            except (ValueError, OSError):  # closed meanwhile
+            except (ValueError, KeyError, OSError):  # closed meanwhile, or (a bug) here already
+                self._uncount(kind, connection)
+                connection.close()
                 self._on_closed(connection)
                 continue
             self._waiting[connection] = (kind, deadline)
             heapq.heappush(self._deadlines, (deadline, next(self._order), connection))
-            if kind == WAIT and connection.served:
-                with self._lock:
-                    self._kept_alive += 1
         if len(self._deadlines) > 4 * len(self._waiting) + 64:
             # Entries of connections that left before their deadline: drop them so the heap stays small.
-            self._deadlines = [entry for entry in self._deadlines
-                               if self._waiting.get(entry[2], ("", -1.0))[1] == entry[0]]
+            self._deadlines = [entry for entry in self._deadlines if self._is_current(entry)]
             heapq.heapify(self._deadlines)
+
+    def _is_current(self, entry: tuple[float, int, ClientConnection]) -> bool:
+        deadline, _order, connection = entry
+        return self._waiting.get(connection, ("", -1.0))[1] == deadline
 
     def _close_claimed(self) -> None:
         """Close the longest idle kept-alive connections, as many as new clients claimed."""
-        waiting = sorted((deadline, order, connection) for deadline, order, connection in self._deadlines
-                         if self._waiting.get(connection) == (WAIT, deadline) and connection.served)
-        for _deadline, _order, connection in waiting[:self._claimed]:
-            self._close(connection)
+        idle = sorted((deadline, connection) for connection, (kind, deadline) in self._waiting.items()
+                      if kind == WAIT and connection.served)
+        for _deadline, connection in idle:
             with self._lock:
+                if self._claimed <= 0:
+                    return
                 self._claimed -= 1
+            self._close(connection)
         with self._lock:
             self._claimed = min(self._claimed, self._kept_alive)
 
@@ -215,22 +227,28 @@ class IdleConnections:
     def _expire(self, now: float) -> None:
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
-            deadline, _order, connection = heapq.heappop(deadlines)
-            entry = self._waiting.get(connection)
-            if entry is not None and entry[1] == deadline:
-                self._close(connection)
+            entry = heapq.heappop(deadlines)
+            if self._is_current(entry):
+                self._close(entry[2])
 
     def _forget(self, connection: ClientConnection) -> None:
-        kind, _deadline = self._waiting.pop(connection)
-        if kind == WAIT and connection.served:
-            with self._lock:
-                self._kept_alive -= 1
+        entry = self._waiting.pop(connection, None)
+        if entry is None:
+            return
+        self._uncount(entry[0], connection)
         try:
             self._selector.unregister(connection)
         except (KeyError, ValueError):
             pass
 
+    def _uncount(self, kind: str, connection: ClientConnection) -> None:
+        if kind == WAIT and connection.served:
+            with self._lock:
+                self._kept_alive -= 1
+
     def _close(self, connection: ClientConnection) -> None:
+        if connection not in self._waiting:
+            return  # closed already
         self._forget(connection)
         connection.close()
         self._on_closed(connection)

@@ -35,7 +35,8 @@ class RequestHead:
             self.keep_alive = version >= (1, 1)
         else:
             tokens = {token.strip().lower() for value in connection for token in value.split(",")}
-            self.keep_alive = "close" not in tokens if version >= (1, 1) else "keep-alive" in tokens
+            # RFC 9112 §9.6: close wins over keep-alive, whatever the version.
+            self.keep_alive = "close" not in tokens and (version >= (1, 1) or "keep-alive" in tokens)
         content_type = fields.get("content-type")
         media_type, _, parameters = content_type[0].partition(";") if content_type else ("", "", "")
         self.media_type = media_type.strip().lower()

@@ -31,7 +31,7 @@ from dlrd.auth import normalised_address
 from dlrd.config import Address, Config
 from dlrd.connection import ClientConnection, ClientGone, DeadlinePassed
 from dlrd.errors import StartupError
-from dlrd.framing import HttpError, StrictParsing
+from dlrd.framing import HttpError, StrictParsing, head_start
 from dlrd.idle import IdleConnections
 from dlrd.messages import Request, RequestHead, Response, plain_response
 from dlrd.metrics import Metrics
@@ -178,6 +178,7 @@ class RequestHandler(StrictParsing):
 
     def setup(self) -> None:
         self.wfile = _AnswerWriter(self.request, self.server.request_timeout)  # type: ignore[assignment]
+        self.park_until: float | None = None  # set when the connection is to wait in the idle selector
 
     def finish(self) -> None:
         pass  # the connection outlives this handler: it waits for its next request, or was closed
@@ -197,36 +198,49 @@ class RequestHandler(StrictParsing):
         if connection.tls_context is not None and not server.handshake(connection):
             return
         while True:
+            start = head_start(connection.buffer)
+            if start:
+                del connection.buffer[:start]  # RFC 9112 §2.2: a CRLF after a body is no request
             if not connection.pending() and not self._await_request():
                 return
             if not self.handle_one_request():  # type: ignore[func-returns-value]
                 return
 
     def _await_request(self) -> bool:
-        """True when the next request's first bytes are here; otherwise the connection waits in the idle
-        selector (or is closed at its deadline) and this worker is free."""
+        """True when the next request's first bytes are here. Otherwise the connection is closed, or,
+        with `park_until` set, waits in the idle selector once this worker lets go of it (_serve)."""
         connection = self.request
         server = self.server
         if server.stopping and connection.served:
             server.close(connection)
             return False
         idle_until = connection.idle_until
-        holding = server.holding
-        holding.add(connection)
+        with connection.guard:
+            connection.held = True
+        server.holding.add(connection)
+        arrived = gone = False
         try:
             connection.receive(min(time.monotonic() + KEEPALIVE_HOLD_SECONDS, idle_until))
-            return True
+            arrived = True
         except DeadlinePassed:
-            if time.monotonic() >= idle_until:
-                server.close(connection)
-            else:
-                server.idle.wait(connection, idle_until)
-            return False
+            pass
         except ClientGone:
-            server.close(connection)
-            return False
+            gone = True
         finally:
-            holding.discard(connection)
+            server.holding.discard(connection)
+            with connection.guard:
+                connection.held = False
+                reclaimed = connection.reclaimed
+        if reclaimed or gone:
+            server.close(connection)  # reclaimed for a new client: what just came is not served
+            return False
+        if arrived:
+            return True
+        if server.stopping or time.monotonic() >= idle_until:
+            server.close(connection)
+        else:
+            self.park_until = idle_until
+        return False
 
     def handle_one_request(self) -> bool:  # type: ignore[override]
         """Read, serve and answer one request; True when the connection stays open for the next."""
@@ -372,7 +386,7 @@ class HttpServer:
         self.access_log: bool = config["log", "access_log"]
         self.limits = ConnectionLimits(config["server", "max_connections"],
                                        config["server", "max_connections_per_source"])
-        self.pool = WorkerPool(self._serve, self.limits.total)
+        self.pool = WorkerPool(self._serve, self.limits.total, on_refused=self.close)
         self.refusals = LogLimiter(log)
         self.memory = MemoryReturn()
         self.idle = IdleConnections(self.pool.submit, self._closed, self._housekeeping)
@@ -502,17 +516,23 @@ class HttpServer:
 
     def _reclaim(self) -> bool:
         """At max_connections: close an idle kept-alive connection for a new client (see IdleConnections.reclaim),
-        waiting in the idle selector or still held by its worker just after its answer."""
+        waiting in the idle selector or still held by its worker just after its answer.
+
+        A held one is only marked under its guard and shut down; its worker
+        closes it and serves nothing more on it, even bytes it has just read.
+        """
         if self.idle.reclaim():
             return True
         for connection in list(self.holding):
-            if connection.served:
-                self.holding.discard(connection)
-                try:
-                    connection.sock.shutdown(socket.SHUT_RDWR)  # its worker's recv ends; it closes it
-                except OSError:
+            with connection.guard:
+                if not connection.held or connection.reclaimed or not connection.served:
                     continue
-                return True
+                connection.reclaimed = True
+            try:
+                connection.sock.shutdown(socket.SHUT_RDWR)  # its worker's recv ends at once
+            except OSError:
+                pass
+            return True
         return False
 
     def accepted(self, sock: socket.socket, peer: str, tls: bool) -> None:
@@ -524,13 +544,17 @@ class HttpServer:
     def _serve(self, connection: ClientConnection) -> None:
         """A worker's task: serve the connection until it goes idle or closes."""
         self.active.add(connection)
+        park_until = None
         try:
-            RequestHandler(connection, connection.peer_addr, self)  # type: ignore[arg-type]
+            park_until = RequestHandler(connection, connection.peer_addr, self).park_until  # type: ignore[arg-type]
         except Exception:
             log.exception("internal error on the connection of %s", connection.remote_addr)
             self.close(connection)
         finally:
             self.active.discard(connection)
+        if park_until is not None:
+            # Only now, out of this worker's hands: from the idle selector another worker may take it at once.
+            self.idle.wait(connection, park_until)
 
     def handshake(self, connection: ClientConnection) -> bool:
         """The TLS handshake, under request_timeout from accept; a failure costs one log line, never the listener."""

@@ -482,6 +482,8 @@ BAD_CHUNKS = {
     "size-line-too-long": (b"3;" + b"e" * 2000 + b"\r\nabc\r\n0\r\n\r\n", 400),
     "space-inside-size": (b"1 0\r\nabc\r\n0\r\n\r\n", 400),
     "nul-in-size": (b"3\x00\r\nabc\r\n0\r\n\r\n", 400),
+    "nul-in-a-trailer": (b"3\r\nabc\r\n0\r\nX-T: a\x00b\r\n\r\n", 400),
+    "trailer-without-colon": (b"3\r\nabc\r\n0\r\nnot a header\r\n\r\n", 400),
 }
 
 
@@ -533,6 +535,8 @@ HEAD_ATTACKS = {
     "two-host-headers": (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     "host-not-a-host": (b"GET /healthz HTTP/1.1\r\nHost: a b/c\r\n\r\n", 400),
     "http-0.9": (b"GET /healthz\r\n", 400),
+    "control-bytes-in-a-target-so-far": (b"GET \x00\x01\x02", 400),
+    "junk-after-the-version-so-far": (b"GET / HTTP/1.1X", 400),
     "http-2-version": (b"GET /healthz HTTP/2.0\r\n\r\n", 505),
     "http-2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
     "http-1.2": (b"GET /healthz HTTP/1.2\r\n\r\n", 505),

@@ -251,6 +251,25 @@ def test_http_1_0_keep_alive_is_honoured_when_asked_for(module_daemon):
     assert closed, "an HTTP/1.0 request without keep-alive ends the connection"
 
 
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_close_wins_over_keep_alive_in_one_connection_header(module_daemon, version):
+    """RFC 9112 §9.6: 'Connection: keep-alive, close' closes (HTTP/1.0 was kept alive)."""
+    answer = exchange(module_daemon.address, post_request(receipt_envelope(MessageIdentifier=f"KC{version[2]}"),
+                                                          version=version, headers="Connection: keep-alive, close\r\n"))
+    assert answer.header("connection") == "close"
+
+
+def test_a_crlf_after_a_kept_alive_request_is_no_request(daemon_factory):
+    """Some clients send CRLF after a POST body (RFC 9112 §2.2): it held a thread and got a 408."""
+    daemon = daemon_factory("[server]\nrequest_timeout = 1\nkeepalive_timeout = 2\n")
+    with connect(daemon.address) as sock:
+        sock.sendall(post_request(receipt_envelope(MessageIdentifier="CRLF1"), version="1.1") + b"\r\n")
+        assert_report(read_one(sock), "CRLF1")
+        sock.settimeout(5)
+        assert sock.recv(65536) == b"", "closed at keepalive_timeout without a 408"
+    assert "timed out a slow client" not in daemon.log()
+
+
 def test_pipelined_requests_are_answered_in_order(module_daemon):
     requests = b"".join(post_request(receipt_envelope(MessageIdentifier=f"PIPE{number}")) for number in range(3))
     with connect(module_daemon.address) as sock:

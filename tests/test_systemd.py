@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import sqlite3
+import time
 
 from wire import wait_for
 
@@ -51,3 +53,33 @@ def test_what_the_watchdog_checks_turns_false_when_a_thread_it_needs_dies(tmp_pa
     finally:
         daemon.stop()
     assert not daemon.store.writer_alive()
+
+
+def test_the_watchdog_is_fed_and_sigterm_obeyed_while_a_sighup_waits_for_stuck_storage(daemon_factory, tmp_path):
+    """The journal is reopened by the writer; with the database locked that took lock_timeout, and the main
+    loop waited for it: no watchdog ping for 30 s (systemd would kill dlrd) and SIGTERM ignored."""
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(10)
+    daemon = daemon_factory("[storage]\nlock_timeout = 30\ncommit_timeout = 30\n",
+                            env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "600000"})
+    holder = sqlite3.connect(daemon.data / "dlrd.db", isolation_level=None)
+    try:
+        assert b"READY=1" in listener.recv(4096)
+        holder.execute("BEGIN EXCLUSIVE")  # the reopen records the journal position: it waits for this lock
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: b"RELOADING=1" in listener.recv(4096), 10, "RELOADING")
+        started = time.monotonic()
+        pings = 0
+        while time.monotonic() - started < 2.0:
+            pings += listener.recv(4096) == b"WATCHDOG=1"
+        assert pings >= 3, "the watchdog went quiet while the reopen waited"
+        daemon.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: b"STOPPING=1" in listener.recv(4096), 5, "SIGTERM to be obeyed at once")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        listener.close()
+    assert daemon.process.wait(60) == 0
+    daemon.process = None
