@@ -446,6 +446,9 @@ CHECKPOINT_SECONDS = 0.25
 # few commits), logged again only once this long has passed.
 RELAPSE_SECONDS = 60.0
 FINAL_CHECKPOINT_WAIT_MS = 1000  # at a stop, a locked database is not waited for lock_timeout again
+WAL_LIMIT_BYTES = 6 * 1024 * 1024  # 1.5 times SQLite's automatic checkpoint (1000 pages)
+WAL_CHECKPOINT_WAIT_MS = 200
+WAL_RETRY_SECONDS = 1.0
 _LOW_DISK_BYTES = 1024 * 1024
 _READ_ONLY = "its file system is read-only"
 
@@ -546,6 +549,9 @@ class Checkpointer:
         self.lock_timeout = lock_timeout
         self.synchronous = synchronous
         self.database_file = database_file
+        # Held for each pass: the writer takes it to truncate the log, so the two never meet (see
+        # ReceiptStore._bound_write_ahead_log).
+        self.pass_lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dlrd-checkpoint", daemon=True)
 
@@ -569,7 +575,8 @@ class Checkpointer:
             try:
                 if connection is None:
                     connection = self.database_file.connect(self.lock_timeout, self.synchronous)
-                connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                with self.pass_lock:
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except (sqlite3.Error, DatabaseLost) as error:
                 # The writer reports storage trouble once per condition; a failed
                 # checkpoint only leaves the WAL longer until the next one.
@@ -604,6 +611,8 @@ class ReceiptStore:
         self.committed_jobs = 0
         self.quarantine_budget = QuarantineBudget(quarantine_max_bytes)
         self._database_file: DatabaseFile | None = None
+        self._wal_path = Path(f"{database}-wal")
+        self._wal_retry_at = 0.0
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -828,6 +837,7 @@ class ReceiptStore:
             self._journal_committed()
         for (_job, pending), result in zip(batch, results):
             pending.set_result(result)
+        self._bound_write_ahead_log()
 
     def _refuse_batch(self, batch: list[tuple[Job, Pending]], condition: StorageCondition) -> None:
         self._fail(condition)
@@ -855,6 +865,43 @@ class ReceiptStore:
         if self._database_file is not None:
             self._database_file.close()
             self._database_file = None
+
+    def _bound_write_ahead_log(self) -> None:
+        """Past WAL_LIMIT_BYTES, checkpoint and truncate the write-ahead log here, between two batches.
+
+        The writer's automatic checkpoint gives way (SQLITE_BUSY) to the
+        Checkpointer's, and the log starts over only at a transaction
+        begun while no checkpoint runs and every frame is copied; with the
+        Checkpointer's passes slow (a busy disk) the log grew to 60 MB under
+        steady load. This one waits for the Checkpointer's pass to end,
+        keeps the next off, and with nothing to overtake it the log starts
+        over. A reader holding an old snapshot (an sqlite3 shell) can still
+        stop it: then it is tried again WAL_RETRY_SECONDS later.
+        """
+        now = time.monotonic()
+        if now < self._wal_retry_at or self._connection is None:
+            return
+        try:
+            if os.stat(self._wal_path).st_size <= WAL_LIMIT_BYTES:
+                return
+        except OSError:
+            return
+        connection = self._connection
+        pass_lock = self._checkpointer.pass_lock if self._checkpointer is not None else threading.Lock()
+        with pass_lock:  # waits for the Checkpointer's pass in progress, if any, and keeps the next one off
+            try:
+                connection.execute(f"PRAGMA busy_timeout = {WAL_CHECKPOINT_WAIT_MS}")
+                busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error as error:
+                log.debug("could not truncate the write-ahead log: %s", error)
+                busy = 1
+            finally:
+                try:
+                    connection.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
+                except sqlite3.Error:
+                    self._disconnect()
+        if busy:
+            self._wal_retry_at = now + WAL_RETRY_SECONDS
 
     def _isolate(self, batch: list[tuple[Job, Pending]], error: Exception) -> None:
         """A job failed on its own account: retry the others alone, so one bad receipt fails only itself."""

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from wire import KeepAliveClient, post, receipt_body, soap_report, wait_for
 
+from dlrd import store as store_module
 from dlrd.codes import ReportCode
 from dlrd.journal import JournalWriter
 from dlrd.receipt import Receipt
@@ -307,3 +308,30 @@ def test_the_wal_stays_bounded_under_steady_load(tmp_path):
         store.close()
     assert store.committed_jobs == 12000
     assert wal_bytes < 8 * 1024 * 1024, f"the WAL grew to {wal_bytes / 1e6:.1f} MB"
+
+
+def test_the_wal_stays_bounded_when_the_background_checkpoint_keeps_the_writers_from_running(tmp_path, monkeypatch):
+    """The writer's automatic checkpoint gives way to the Checkpointer's pass; once the WAL passes its limit the
+    writer waits for that pass and truncates the log itself (a full suite once saw it at 60 MB)."""
+    monkeypatch.setattr(store_module, "CHECKPOINT_SECONDS", 0.001)
+    store = ReceiptStore(tmp_path / "dlrd.db", JournalWriter(tmp_path), synchronous="normal")
+    store.open()
+    largest = [0]
+
+    def post(thread: int) -> None:
+        for number in range(1500):
+            store.store_receipt(receipt(f"B{thread}N{number}"), DELIVERED, "2026-11-24T22:00:00.000Z",
+                                "192.0.2.1").result(timeout=10)
+            if number % 50 == 0:
+                largest[0] = max(largest[0], (tmp_path / "dlrd.db-wal").stat().st_size)
+
+    try:
+        posters = [threading.Thread(target=post, args=(thread,)) for thread in range(8)]
+        for poster in posters:
+            poster.start()
+        for poster in posters:
+            poster.join(120)
+    finally:
+        store.close()
+    assert store.committed_jobs == 12000
+    assert largest[0] < 8 * 1024 * 1024, f"the WAL grew to {largest[0] / 1e6:.1f} MB"
