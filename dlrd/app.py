@@ -16,6 +16,7 @@ from dlrd.metrics import Metrics
 from dlrd.ratelimit import LogLimiter
 from dlrd.receiver import ReceiptEndpoint
 from dlrd.store import ReceiptStore, probe_write
+from dlrd.wsdl import WSDL_MEDIA_TYPE, LocationRefused, is_wsdl_query, wsdl_document, wsdl_location
 
 log = logging.getLogger("dlrd.server")
 
@@ -46,6 +47,9 @@ class Application:
 
         allow_from guards the receipt paths, monitor_from /healthz and
         /metrics, so monitors need not also be allowed to POST receipts.
+        `GET <path>?wsdl` is under allow_from too: it is part of the receipt
+        endpoint, which the sources that POST receipts (and the operator's
+        own machines, listed with them) are the ones to read.
         """
         path = head.path
         length = head.content_length
@@ -55,7 +59,11 @@ class Application:
                                   "refused %s: not in [auth] allow_from", client)
                 return self._refuse(403, "forbidden")
             if head.method != "POST":
-                return self._refuse(405, "receipts are POSTed here", [("Allow", "POST")])
+                if is_wsdl_query(head.query):
+                    if head.method in ("GET", "HEAD"):
+                        return None
+                    return self._refuse(405, "the WSDL is read with GET", [("Allow", "GET, HEAD")])
+                return self._refuse(405, "receipts are POSTed here (GET ?wsdl for the WSDL)", [("Allow", "POST")])
             if length is None and not head.chunked:
                 return self._refuse(411, "a Content-Length or a chunked body is required")
         elif path in (HEALTH_PATH, METRICS_PATH):
@@ -78,6 +86,8 @@ class Application:
             return self._health()
         if path == METRICS_PATH:
             return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        if request.head.method != "POST":  # check_head let only GET or HEAD <path>?wsdl through
+            return self._wsdl(request)
         return self.receipts.serve(request)
 
     def housekeeping(self) -> None:
@@ -94,6 +104,15 @@ class Application:
         if probe.error is not None:  # any failure of the probe means "not writable"; the store logs the cause
             return plain_response(503, "storage unavailable")
         return plain_response(200, "ok")
+
+    def _wsdl(self, request: Request) -> Response:
+        """The WSDL with this URL as its address; 400 when the request's Host cannot make one."""
+        try:
+            location = wsdl_location(request.scheme, request.head.path, request.head.headers,
+                                     self.sources.trusts(request.peer_addr))
+        except LocationRefused as refused:
+            return self._refuse(400, str(refused))
+        return Response(200, wsdl_document(location), WSDL_MEDIA_TYPE)
 
     def _refuse(self, status: int, text: str, headers: list[tuple[str, str]] | None = None) -> Response:
         self.metrics.count("dlrd_requests_refused_total", status=str(status), reason="http")

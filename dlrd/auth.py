@@ -116,6 +116,10 @@ class SourcePolicy:
         address = _address(client)
         return address is not None and any(address in network for network in self.allow_from)
 
+    def trusts(self, peer: str) -> bool:
+        """Is the connecting peer a trusted proxy, whose X-Forwarded-* headers may be believed?"""
+        return self._trusted(peer)
+
     def _trusted(self, text: str) -> bool:
         address = _address(text)
         return address is not None and any(address in network for network in self.trusted_proxies)

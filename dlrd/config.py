@@ -25,6 +25,7 @@ CONFIG_ENV = "DLRD_CONFIG"
 DEFAULT_DATA_DIR = "dlrd-data"
 DATABASE_NAME = "dlrd.db"
 MAX_CREDENTIAL = 20
+REDACTED = "<redacted>"  # check-config's stand-in for a secret; refused as a value, so its output reloads safely
 SECTIONS = ("server", "auth", "storage", "journal", "log", "report_codes")
 
 Address = tuple[str, int]
@@ -221,6 +222,11 @@ SETTINGS: tuple[Setting, ...] = (
             "as a burst, like 1m (about a thousand receipts). Past it, that source's refused requests are "
             "answered as usual but not kept: counted in dlrd_quarantine_not_kept_total{reason=\"rate\"} and "
             "logged once a minute, so one host cannot fill the quarantine or the log."),
+    Setting("storage", "strict_match", parse_bool, "no",
+            "yes: a receipt is stored only when its MessageIdentifier is in the expected_messages table (filled "
+            "by `dlrd expect` or by your own program); any other is answered Report -1, \"mismatched delivery "
+            "receipt\", and quarantined, so `dlrd replay --quarantine --reason strict-match` lets it in once "
+            "its id is expected. Ids match exactly: case and leading zeros count."),
     Setting("journal", "directory", parse_text, "",
             f"Directory of receipts.jsonl. Empty: $LOGS_DIRECTORY, or ./{DEFAULT_DATA_DIR}."),
     Setting("journal", "fsync", parse_bool, "no",
@@ -304,6 +310,9 @@ def load_config(path: str | None, environ: dict[str, str] | None = None) -> Conf
                 raise ConfigError(f"{label} [{section}] {name}: unknown key; [{section}] knows {known}")
     for setting in SETTINGS:
         text = parser.get(setting.section, setting.name, fallback=setting.default)
+        if setting.secret and text.strip() == REDACTED:
+            raise ConfigError(f"{label} [{setting.section}] {setting.name}: {REDACTED} is what check-config prints "
+                              "in place of the secret; put the real one here")
         try:
             values[setting.section, setting.name] = setting.parse(text)
         except ValueError as error:
@@ -406,7 +415,7 @@ def _one_line(text: str) -> str:
 def render_value(setting: Setting, value: Any) -> str:
     """A parsed value written back as ini text, as check-config prints it."""
     if setting.secret and value:
-        return "<redacted>"
+        return REDACTED
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):

@@ -18,13 +18,13 @@ import time
 
 from dlrd import __version__
 from dlrd.app import Application
-from dlrd.auth import Credentials
 from dlrd.codes import ReportCodeTable
 from dlrd.config import Config, load_config
 from dlrd.errors import ConfigError
 from dlrd.journal import JournalWriter, Rotation
 from dlrd.metrics import Metrics
-from dlrd.receiver import ReceiptEndpoint
+from dlrd.preflight import check_startup
+from dlrd.receiver import ReceiptEndpoint, credentials, expected_messages
 from dlrd.server import HttpServer
 from dlrd.store import Pending, ReceiptStore
 from dlrd.systemd import Notifier
@@ -65,13 +65,18 @@ class Daemon:
                                   config["storage", "lock_timeout"], config["storage", "quarantine_max_bytes"])
         self.receipts = ReceiptEndpoint(self.store, ReportCodeTable(config.report_codes), self.metrics,
                                         credentials(config), config["storage", "quarantine_rate"],
-                                        config["storage", "commit_timeout"])
+                                        config["storage", "commit_timeout"], expected_messages(config))
         self.app = Application(config, self.store, self.receipts, self.metrics)
         self.server: HttpServer | None = None
         self.notifier = Notifier()
 
     def start(self) -> None:
-        """Open the storage and bind every listener; StartupError if one is unusable."""
+        """Check, open the storage and bind every listener; StartupError if one is unusable.
+
+        The checks are check-config's too (dlrd.preflight), so both refuse with the same line.
+        """
+        for warning in check_startup(self.config):
+            log.warning("%s", warning)
         metrics, store = self.metrics, self.store
         store.open()
         metrics.gauges["dlrd_storage_healthy"] = lambda: float(store.healthy)
@@ -120,17 +125,22 @@ class Daemon:
 
         The journal is reopened by the writer thread between two batches;
         with storage stuck that can take lock_timeout, and meanwhile the
-        watchdog must still be fed and SIGTERM still obeyed.
+        watchdog must still be fed and SIGTERM still obeyed. A SIGHUP that
+        comes meanwhile is acted on once that reopening is done, never lost:
+        the operator who edited the ini twice expects the second edit applied.
         """
         assert self.server is not None
         interval = self.notifier.watchdog_interval
         next_ping = time.monotonic() + interval if interval else None
         reopening: Pending | None = None
+        reload_wanted = False  # a SIGHUP that came while the last one's journal reopening was pending
         while True:
             now = time.monotonic()
             waits = [deadline - now for deadline in (next_ping,) if deadline is not None]
             if reopening is not None:
                 waits.append(REOPEN_POLL_SECONDS)
+            elif reload_wanted:
+                waits.append(0.0)
             readable, _, _ = select.select([wake_in], [], [], max(0.0, min(waits)) if waits else None)
             now = time.monotonic()
             if next_ping is not None and now >= next_ping:
@@ -141,9 +151,11 @@ class Daemon:
                 signals = set(wake_in.recv(64))
                 if signals & {int(signum) for signum in STOP_SIGNALS}:
                     return
-                if int(signal.SIGHUP) in signals and reopening is None:
-                    reopening = self.reload()
-                    reopened_by = now + JOURNAL_REOPEN_SECONDS
+                reload_wanted = reload_wanted or int(signal.SIGHUP) in signals
+            if reload_wanted and reopening is None:
+                reload_wanted = False
+                reopening = self.reload()
+                reopened_by = now + JOURNAL_REOPEN_SECONDS
             if reopening is not None and (reopening.done() or now >= reopened_by):
                 if not reopening.done():
                     log.error("SIGHUP: the journal was not reopened within %.0f s (storage stuck?)",
@@ -185,6 +197,7 @@ class Daemon:
             receipts.credentials = credentials(fresh)
             receipts.codes = ReportCodeTable(fresh.report_codes)
             receipts.commit_timeout = fresh["storage", "commit_timeout"]
+            receipts.expected = expected_messages(fresh)
             receipts.quarantine_rate.per_minute = fresh["storage", "quarantine_rate"]
             self.store.quarantine_budget.limit = fresh["storage", "quarantine_max_bytes"]
             for warning in fresh.warnings:
@@ -210,7 +223,3 @@ def serve(config: Config) -> int:
 def journal_rotation(config: Config) -> Rotation:
     return Rotation(config["journal", "rotate_bytes"], config["journal", "rotate_when"],
                     config["journal", "rotate_utc"], config["journal", "backups"], config["journal", "compress"])
-
-
-def credentials(config: Config) -> Credentials:
-    return Credentials(config["auth", "username"], config["auth", "pin"])

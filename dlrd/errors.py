@@ -33,6 +33,12 @@ class ConfigError(DlrdError):
     exit_code = EXIT_CONFIG
 
 
+class UsageError(DlrdError):
+    """Arguments that parse but do not go together, or name something that is not there."""
+
+    exit_code = EXIT_USAGE
+
+
 class StartupError(DlrdError):
     """A resource the daemon needs at start (port, database, journal) is unusable."""
 

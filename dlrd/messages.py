@@ -70,6 +70,10 @@ class Request:
     body: bytes
     remote_addr: str
     tls_client: str | None = None
+    # The socket's peer (remote_addr may be a proxy's client) and "http" or
+    # "https": what a URL dlrd hands out (the WSDL's address) is built from.
+    peer_addr: str = ""
+    scheme: str = "http"
     # What the request waits on while storage commits it (a store Pending),
     # so a stop can answer it before the commit completes.
     waiting_on: Any = None

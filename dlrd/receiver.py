@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Container
+from dataclasses import dataclass
 
 from dlrd.auth import Credentials
-from dlrd.codes import ReportCodeTable
+from dlrd.codes import ReportCode, ReportCodeTable
+from dlrd.config import Config
 from dlrd.errors import StorageUnavailable
+from dlrd.matching import ExpectedMessages
 from dlrd.messages import Request, Response, plain_response
 from dlrd.metrics import Metrics
 from dlrd.ratelimit import LogLimiter, LogTally, SourceBudget
-from dlrd.receipt import InvalidReceipt, validate_fields
+from dlrd.receipt import InvalidReceipt, Receipt, validate_fields
 from dlrd.soap import (
     Envelope,
     EnvelopeRejected,
@@ -80,12 +84,56 @@ def unavailable_response(media_type: str, version: SoapVersion, reason: str) -> 
     return response
 
 
+KIND_AUTHENTICATION = "authentication"
+KIND_INVALID_FIELD = "invalid-field"
+KIND_STRICT_MATCH = "strict-match"
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A receipt that passed every rule, with the meaning of its report code."""
+
+    receipt: Receipt
+    code: ReportCode
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Why a parsed receipt is not stored: `kind` is one of the KIND_ names, `reason` is said to the provider."""
+
+    kind: str
+    reason: str
+    message_id: str
+
+
+def admit(envelope: Envelope, credentials: Credentials, codes: ReportCodeTable,
+          expected: Container[str] | None = None) -> Admitted | Refused:
+    """The rules a parsed receipt must pass to be stored, in order; the network and `dlrd replay` share them.
+
+    `expected` holds the submitted message ids when strict_match is on.
+    """
+    fields = envelope.fields
+    message_id = fields.get("MessageIdentifier", "")[:ECHO_LIMIT]
+    if credentials.required and not credentials.accept(fields):
+        return Refused(KIND_AUTHENTICATION, "authentication failed", message_id)
+    try:
+        receipt = validate_fields(fields, envelope.duplicates)
+    except InvalidReceipt as invalid:
+        return Refused(KIND_INVALID_FIELD, str(invalid), message_id)
+    if expected is not None and receipt.message_id not in expected:
+        return Refused(KIND_STRICT_MATCH, "mismatched delivery receipt: no message was submitted with "
+                                          f"MessageIdentifier {receipt.message_id!r}", receipt.message_id)
+    return Admitted(receipt, codes.lookup(receipt.report))
+
+
 class ReceiptEndpoint:
     """Turns a POSTed SubmitDeliveryReceipt into a stored receipt and an answer."""
 
     def __init__(self, store: ReceiptStore, codes: ReportCodeTable, metrics: Metrics,
-                 credentials: Credentials, quarantine_rate: int = 1024 * 1024, commit_timeout: float = 15.0) -> None:
+                 credentials: Credentials, quarantine_rate: int = 1024 * 1024, commit_timeout: float = 15.0,
+                 expected: ExpectedMessages | None = None) -> None:
         self.store = store
+        self.expected = expected  # strict_match: the ids a receipt must be for; None when it is off
         self.codes = codes
         self.metrics = metrics
         self.credentials = credentials
@@ -127,33 +175,38 @@ class ReceiptEndpoint:
                               "refused a request from %s: %s", request.remote_addr, rejected.reason)
             self.metrics.count("dlrd_requests_refused_total", status="fault", reason="not-a-receipt")
             return fault_response(media_type, rejected.soap_version, True, rejected.reason)
-        if self.credentials.required and not self.credentials.accept(envelope.fields):
-            return self._refuse_credentials(request, envelope)
-        return self._store(request, envelope)
-
-    def _refuse_credentials(self, request: Request, envelope: Envelope) -> Response:
-        """Same fault whichever credential was wrong; the request is kept in case the config was the mistake."""
-        username = envelope.fields.get("Username", "")
-        self.metrics.count("dlrd_auth_failures_total")
-        fault = fault_response(request.head.media_type, envelope.soap_version, True, "authentication failed")
-        return self._quarantine(request, envelope, received_now(), "authentication failed", "authentication",
-                                fault, "authentication failed for a receipt from %s (Username %r); quarantined",
-                                request.remote_addr, username[:ECHO_LIMIT])
-
-    def _store(self, request: Request, envelope: Envelope) -> Response:
-        media_type = request.head.media_type
-        received_at = received_now()
         try:
-            receipt = validate_fields(envelope.fields, envelope.duplicates)
-        except InvalidReceipt as invalid:
-            reason = str(invalid)
-            message_id = envelope.fields.get("MessageIdentifier", "")[:ECHO_LIMIT]
-            return self._quarantine(request, envelope, received_at, reason, "invalid-field",
-                                    self._answer(media_type, envelope, message_id, -1, reason),
-                                    "quarantined a receipt from %s (MessageIdentifier %r): %s",
-                                    request.remote_addr, message_id, reason)
-        code = self.codes.lookup(receipt.report)
-        pending = self.store.submit(insert_receipt(receipt, code, received_at, request.remote_addr,
+            verdict = admit(envelope, self.credentials, self.codes, self.expected)
+        except StorageUnavailable as error:  # strict_match could not read expected_messages
+            return self._failure(request, envelope, error)
+        if isinstance(verdict, Refused):
+            return self._refuse(request, envelope, verdict)
+        return self._store(request, envelope, verdict)
+
+    def _refuse(self, request: Request, envelope: Envelope, refused: Refused) -> Response:
+        """Keep the refused request in case the config was the mistake, and answer as SPEC says.
+
+        Failed authentication gets the same fault whichever credential was
+        wrong; a receipt that breaks a field rule or is not expected gets
+        Report -1 with the reason.
+        """
+        received_at = received_now()
+        if refused.kind == KIND_AUTHENTICATION:
+            username = envelope.fields.get("Username", "")
+            self.metrics.count("dlrd_auth_failures_total")
+            fault = fault_response(request.head.media_type, envelope.soap_version, True, refused.reason)
+            return self._quarantine(request, envelope, received_at, refused, fault,
+                                    "authentication failed for a receipt from %s (Username %r); quarantined",
+                                    request.remote_addr, username[:ECHO_LIMIT])
+        answer = self._answer(request.head.media_type, envelope, refused.message_id, -1, refused.reason)
+        return self._quarantine(request, envelope, received_at, refused, answer,
+                                "quarantined a receipt from %s (MessageIdentifier %r): %s",
+                                request.remote_addr, refused.message_id, refused.reason)
+
+    def _store(self, request: Request, envelope: Envelope, admitted: Admitted) -> Response:
+        media_type = request.head.media_type
+        receipt = admitted.receipt
+        pending = self.store.submit(insert_receipt(receipt, admitted.code, received_now(), request.remote_addr,
                                                    request.tls_client))
         late = self._wait(request, envelope, pending)
         if late is not None:
@@ -182,7 +235,11 @@ class ReceiptEndpoint:
             self.overdue_logged = False
         return None
 
-    def _quarantine(self, request: Request, envelope: Envelope, received_at: str, reason: str, kind: str,
+    def _passed_pin_check(self, refused: Refused) -> bool:
+        """Was the refused request checked against a configured PIN, and did it pass?"""
+        return refused.kind != KIND_AUTHENTICATION and bool(self.credentials.pin)
+
+    def _quarantine(self, request: Request, envelope: Envelope, received_at: str, refused: Refused,
                     answer: Response, note: str, *note_args: object) -> Response:
         """Keep the request, PIN redacted, for replay, then answer `answer`; 503 if the database cannot take it.
 
@@ -197,8 +254,11 @@ class ReceiptEndpoint:
             self._past_rate.note(source)
             return answer
         body = redact_pin(request.body, envelope.fields.get("PIN"), envelope.encoding)
-        pending = self.store.submit(insert_quarantine(received_at, source, reason, request.head.media_type, body,
-                                                      self.store.quarantine_budget))
+        head = request.head
+        content_type = f"{head.media_type}; charset={head.charset}" if head.charset else head.media_type
+        pending = self.store.submit(insert_quarantine(received_at, source, refused.reason, content_type, body,
+                                                      self.store.quarantine_budget, refused.kind,
+                                                      refused.message_id, self._passed_pin_check(refused)))
         late = self._wait(request, envelope, pending)
         if late is not None:
             return late
@@ -209,7 +269,7 @@ class ReceiptEndpoint:
             (self._disk_low if pending.value == QUARANTINE_DISK else self._quarantine_full).note(source)
         else:
             log.warning(note, *note_args)
-            self.metrics.count("dlrd_receipts_quarantined_total", reason=kind)
+            self.metrics.count("dlrd_receipts_quarantined_total", reason=refused.kind)
         return answer
 
     def overdue(self, request: Request, version: SoapVersion, stopping: bool = False) -> Response:
@@ -239,3 +299,13 @@ class ReceiptEndpoint:
     def _answer(self, media_type: str, envelope: Envelope, message_id: str, report: int, text: str) -> Response:
         return Response(200, build_response(envelope, message_id, report, text),
                         response_content_type(media_type, envelope.soap_version))
+
+
+def credentials(config: Config) -> Credentials:
+    """The Username and PIN receipts must carry: none when [auth] sets neither."""
+    return Credentials(config["auth", "username"], config["auth", "pin"])
+
+
+def expected_messages(config: Config) -> ExpectedMessages | None:
+    """The ids a receipt must be for under [storage] strict_match; None when it is off."""
+    return ExpectedMessages(config.database_path) if config["storage", "strict_match"] else None

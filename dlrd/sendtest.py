@@ -7,6 +7,7 @@ provider sends it (HTTP/1.0, Content-Type text/soap, one connection).
 
 from __future__ import annotations
 
+import argparse
 import socket
 import ssl
 import uuid
@@ -103,6 +104,18 @@ def client_tls_context(options: TlsOptions) -> ssl.SSLContext:
     if options.certfile:
         context.load_cert_chain(options.certfile, options.keyfile)
     return context
+
+
+def url_argument(url: str) -> str:
+    """argparse type for send-test's URL: one without http:// or https:// is a usage error (exit 2)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{url!r} is not an http:// or https:// URL, like http://127.0.0.1:8080/")
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number or past 65535
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{url!r}: {error}") from None
+    return url
 
 
 def post_envelope(url: str, body: bytes, content_type: str = "text/soap", timeout: float = 10.0,

@@ -274,7 +274,9 @@ class RequestHandler(StrictParsing):
         except ClientGone:
             server.close(connection)
             return False
-        request = connection.request = Request(head, body, connection.remote_addr, connection.tls_client)
+        scheme = "https" if isinstance(connection.sock, ssl.SSLSocket) else "http"
+        request = connection.request = Request(head, body, connection.remote_addr, connection.tls_client,
+                                               peer_addr=connection.peer_addr, scheme=scheme)
         try:
             response = app.serve(request)
         except Exception:

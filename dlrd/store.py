@@ -83,6 +83,37 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         INSERT INTO journal_position VALUES (1, 0);
     """),
+    (2, "expected_messages for strict_match, and what the quarantine knows of each request", """
+        -- The message ids the customer submitted: with [storage] strict_match
+        -- a receipt for any other id is answered Report -1 and quarantined.
+        -- Filled by `dlrd expect` or by the customer's own program.
+        CREATE TABLE expected_messages (
+            message_id TEXT PRIMARY KEY,
+            added_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        ) WITHOUT ROWID;
+        -- The quarantine made again: AUTOINCREMENT, so that the id of a row
+        -- replay deleted is never given to another request (an operator who
+        -- noted `--id 7` must not replay a stranger's request under it);
+        -- kind: authentication, invalid-field or strict-match (empty for rows
+        -- kept before this migration); message_id: as read from the body;
+        -- authenticated: 1 when the request passed a configured PIN check.
+        CREATE TABLE quarantine_v2 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            received_at TEXT NOT NULL,
+            remote_addr TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            body BLOB NOT NULL,
+            kind TEXT NOT NULL DEFAULT '',
+            message_id TEXT NOT NULL DEFAULT '',
+            authenticated INTEGER NOT NULL DEFAULT 0
+        );
+        INSERT INTO quarantine_v2 (id, received_at, remote_addr, reason, content_type, body)
+            SELECT id, received_at, remote_addr, reason, content_type, body FROM quarantine;
+        DROP TABLE quarantine;
+        ALTER TABLE quarantine_v2 RENAME TO quarantine;
+        CREATE INDEX quarantine_received_at ON quarantine (received_at);
+    """),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -123,7 +154,8 @@ _PROBE_RECEIPT = ("", "dlrd-health-probe", "", 0, "", "", "", "", 0, "", None)
 # A row that holds an id in place inside one transaction, so that the
 # receipts after it get higher ids (SQLite gives a new row the largest id
 # plus one); deleted again before the commit, so no reader ever sees it.
-_HOLD_ID = f"INSERT INTO receipts (id, {', '.join(_RECEIPT_COLUMNS)}) VALUES (?, {_COLUMN_PLACEHOLDERS})"
+# OR IGNORE: `dlrd replay --journal` may have put the real row with that id back already.
+_HOLD_ID = f"INSERT OR IGNORE INTO receipts (id, {', '.join(_RECEIPT_COLUMNS)}) VALUES (?, {_COLUMN_PLACEHOLDERS})"
 _ID_HOLDER = ("", "dlrd-id-placeholder", "", 0, "", "", "", "", 0, "", None)
 
 
@@ -195,7 +227,7 @@ def insert_receipts(connection: sqlite3.Connection, jobs: list[ReceiptInsert]) -
 
 
 _QUARANTINE_SIZE = ("SELECT coalesce(sum(length(body) + length(reason) + length(remote_addr) + length(content_type)"
-                    " + length(received_at)), 0) FROM quarantine")
+                    " + length(received_at) + length(kind) + length(message_id)), 0) FROM quarantine")
 
 
 class QuarantineBudget:
@@ -246,9 +278,10 @@ class QuarantineInsert:
     __slots__ = ("budget", "params", "size")
 
     def __init__(self, received_at: str, remote_addr: str, reason: str, content_type: str, body: bytes,
-                 budget: QuarantineBudget) -> None:
-        self.params = (received_at, remote_addr, reason, content_type, body)
-        self.size = len(body) + len(reason) + len(remote_addr) + len(content_type) + len(received_at)
+                 budget: QuarantineBudget, kind: str = "", message_id: str = "", authenticated: bool = False) -> None:
+        self.params = (received_at, remote_addr, reason, content_type, body, kind, message_id, int(authenticated))
+        self.size = (len(body) + len(reason) + len(remote_addr) + len(content_type) + len(received_at)
+                     + len(kind) + len(message_id))
         self.budget = budget
 
     def __call__(self, connection: sqlite3.Connection) -> int | str:
@@ -258,7 +291,8 @@ class QuarantineInsert:
         if _free_bytes(connection) < QUARANTINE_DISK_RESERVE + self.size:
             return QUARANTINE_DISK
         cursor = connection.execute(
-            "INSERT INTO quarantine (received_at, remote_addr, reason, content_type, body) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO quarantine (received_at, remote_addr, reason, content_type, body, kind, message_id, "
+            "authenticated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             self.params,
         )
         budget.used = (budget.used or 0) + self.size
@@ -276,9 +310,17 @@ def _free_bytes(connection: sqlite3.Connection) -> int:
 
 
 def insert_quarantine(received_at: str, remote_addr: str, reason: str, content_type: str, body: bytes,
-                      budget: QuarantineBudget) -> QuarantineInsert:
-    """The job that keeps a refused request for replay within `budget`; the caller has already redacted the PIN."""
-    return QuarantineInsert(received_at, remote_addr, reason, content_type, body, budget)
+                      budget: QuarantineBudget, kind: str = "", message_id: str = "",
+                      authenticated: bool = False) -> QuarantineInsert:
+    """The job that keeps a refused request for replay within `budget`; the caller has already redacted the PIN.
+
+    `content_type` is the request's media type with its charset, so that a
+    replay reads the body as the network request was read. `authenticated`
+    says the request passed a configured Username/PIN check before it was
+    refused, so a replay need not take the operator's word for its PIN.
+    """
+    return QuarantineInsert(received_at, remote_addr, reason, content_type, body, budget, kind, message_id,
+                            authenticated)
 
 
 def probe_write(connection: sqlite3.Connection) -> bool:
@@ -332,6 +374,9 @@ def migrate(connection: sqlite3.Connection) -> None:
         if version <= current:
             continue
         connection.execute("BEGIN IMMEDIATE")
+        if connection.execute("PRAGMA user_version").fetchone()[0] >= version:  # another process applied it meanwhile
+            connection.execute("COMMIT")
+            continue
         try:
             for statement in _statements(script):
                 connection.execute(statement)
@@ -447,8 +492,9 @@ CHECKPOINT_SECONDS = 0.25
 RELAPSE_SECONDS = 60.0
 FINAL_CHECKPOINT_WAIT_MS = 1000  # at a stop, a locked database is not waited for lock_timeout again
 WAL_LIMIT_BYTES = 6 * 1024 * 1024  # 1.5 times SQLite's automatic checkpoint (1000 pages)
-WAL_CHECKPOINT_WAIT_MS = 200
+WAL_CHECKPOINT_WAIT_MS = 20  # longer only stalls every receipt behind a reader that is not done
 WAL_RETRY_SECONDS = 1.0
+WAL_RETRY_MAX_SECONDS = 30.0
 _LOW_DISK_BYTES = 1024 * 1024
 _READ_ONLY = "its file system is read-only"
 
@@ -552,6 +598,9 @@ class Checkpointer:
         # Held for each pass: the writer takes it to truncate the log, so the two never meet (see
         # ReceiptStore._bound_write_ahead_log).
         self.pass_lock = threading.Lock()
+        # False when the last pass could not copy every frame: a reader's snapshot (a long
+        # `dlrd query`) still needs the older ones, and truncating would only wait for it.
+        self.caught_up = True
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dlrd-checkpoint", daemon=True)
 
@@ -576,7 +625,8 @@ class Checkpointer:
                 if connection is None:
                     connection = self.database_file.connect(self.lock_timeout, self.synchronous)
                 with self.pass_lock:
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    _, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                self.caught_up = copied >= frames
             except (sqlite3.Error, DatabaseLost) as error:
                 # The writer reports storage trouble once per condition; a failed
                 # checkpoint only leaves the WAL longer until the next one.
@@ -613,6 +663,7 @@ class ReceiptStore:
         self._database_file: DatabaseFile | None = None
         self._wal_path = Path(f"{database}-wal")
         self._wal_retry_at = 0.0
+        self._wal_retry_wait = WAL_RETRY_SECONDS
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -737,6 +788,8 @@ class ReceiptStore:
                     lost = self._database_lost()
                     if lost is not None:
                         self._fail(lost)  # /healthz and the log tell at once, not at the next receipt
+                    else:
+                        self._journal_rows_stored_elsewhere()
                 except Exception:  # the writer must outlive any bug, or every later request would hang
                     log.exception("the writer thread failed on its idle checks")
                 continue
@@ -875,16 +928,24 @@ class ReceiptStore:
         Checkpointer's passes slow (a busy disk) the log grew to 60 MB under
         steady load. This one waits for the Checkpointer's pass to end,
         keeps the next off, and with nothing to overtake it the log starts
-        over. A reader holding an old snapshot (an sqlite3 shell) can still
-        stop it: then it is tried again WAL_RETRY_SECONDS later.
+        over. A reader holding an old snapshot (a long `dlrd query`, an
+        sqlite3 shell) can still stop it, and waiting for that reader would
+        stall every receipt behind the writer: so nothing is tried while the
+        Checkpointer's last pass was held back by one, and after a try that
+        a reader stopped, the next waits twice as long (WAL_RETRY_SECONDS
+        doubling up to WAL_RETRY_MAX_SECONDS).
         """
         now = time.monotonic()
         if now < self._wal_retry_at or self._connection is None:
             return
         try:
             if os.stat(self._wal_path).st_size <= WAL_LIMIT_BYTES:
+                self._wal_retry_wait = WAL_RETRY_SECONDS
                 return
         except OSError:
+            return
+        if self._checkpointer is not None and not self._checkpointer.caught_up:
+            self._wal_retry_at = now + WAL_RETRY_SECONDS
             return
         connection = self._connection
         pass_lock = self._checkpointer.pass_lock if self._checkpointer is not None else threading.Lock()
@@ -901,7 +962,10 @@ class ReceiptStore:
                 except sqlite3.Error:
                     self._disconnect()
         if busy:
-            self._wal_retry_at = now + WAL_RETRY_SECONDS
+            self._wal_retry_at = now + self._wal_retry_wait
+            self._wal_retry_wait = min(self._wal_retry_wait * 2, WAL_RETRY_MAX_SECONDS)
+        else:
+            self._wal_retry_wait = WAL_RETRY_SECONDS
 
     def _isolate(self, batch: list[tuple[Job, Pending]], error: Exception) -> None:
         """A job failed on its own account: retry the others alone, so one bad receipt fails only itself."""
@@ -936,7 +1000,7 @@ class ReceiptStore:
                 connection.execute(_HOLD_ID, (floor, *_ID_HOLDER))
             results = [job(connection) for job in jobs]
             if floor:
-                connection.execute("DELETE FROM receipts WHERE id = ?", (floor,))
+                connection.execute("DELETE FROM receipts WHERE id = ? AND message_id = ?", (floor, _ID_HOLDER[1]))
             if position is not None:
                 connection.execute("UPDATE journal_position SET last_id = ?", (position,))
             connection.execute("COMMIT")
@@ -1010,11 +1074,13 @@ class ReceiptStore:
     def _journal_committed(self, batch: list[StoredReceipt] | None = None, at_start: bool = False) -> None:
         """Journal every committed receipt not journaled yet; on failure, hold them until it works.
 
-        `batch` holds exactly the receipts after the last journaled one, with
-        their records; without it they are read back from the database.
+        `batch` holds the receipts this writer committed, with their records;
+        when rows lie between the last journaled one and the batch (another
+        program, `dlrd replay`, stored them), all are read back from the
+        database instead, so the daemon stays the journal's one writer.
         """
         try:
-            if batch:
+            if batch and batch[0].id <= self._journaled_id + 1:
                 self.journal.append(journal_line(stored.record) for stored in batch if stored.record)
                 self._journaled_id = batch[-1].id
                 count = len(batch)
@@ -1034,6 +1100,17 @@ class ReceiptStore:
         elif at_start and count:
             log.info("journal caught up with %d receipt(s) committed but not yet journaled", count)
         self.journal_writable = True
+
+    def _journal_rows_stored_elsewhere(self) -> None:
+        """Once a second while idle: journal receipts another program (`dlrd replay`) committed meanwhile."""
+        if self._condition is not None or self._connection is None:
+            return
+        try:
+            newest = self._connection.execute("SELECT coalesce(max(id), 0) FROM receipts").fetchone()[0]
+        except sqlite3.Error:
+            return  # the next batch meets the same error and reports it
+        if newest > self._journaled_id:
+            self._journal_committed()
 
     def _catch_up_journal(self) -> int:
         """Append the receipts with an id past the last journaled one, in chunks; returns how many."""

@@ -15,7 +15,6 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 from dlrd.config import Config
 from dlrd.errors import StartupError
@@ -59,14 +58,39 @@ def build_server_context(files: CertificateFiles) -> ssl.SSLContext:
 def _load_chain(context: ssl.SSLContext, files: CertificateFiles) -> None:
     try:
         context.load_cert_chain(files.cert, files.key or None)
-    except FileNotFoundError as error:
-        raise StartupError(f"[server] tls_cert/tls_key: {error.filename}: no such file") from None
-    except PermissionError as error:
-        raise StartupError(f"[server] tls_cert/tls_key: {error.filename}: permission denied "
-                           "(certbot keys are root-only; see README 'Exposing dlrd on the internet')") from None
-    except (OSError, ssl.SSLError) as error:
+    except OSError as error:
+        if not isinstance(error, ssl.SSLError):
+            # OpenSSL's errors carry no file name (error.filename is None), so find the file at fault here.
+            _refuse_unreadable(files)
+        if not files.key and not _holds_a_key(files.cert):
+            raise StartupError(f"[server] tls_key: not set, and {files.cert} holds no private key: set tls_key to "
+                               "the key's file (certbot: privkey.pem)") from None
         raise StartupError(f"[server] tls_cert/tls_key: cannot load {files.cert} with key {files.key or files.cert}: "
                            f"{_describe(error)} (is the key the certificate's, both PEM?)") from None
+
+
+def _holds_a_key(path: str) -> bool:
+    try:
+        with open(path, "rb") as pem:
+            return b"PRIVATE KEY-----" in pem.read(1024 * 1024)
+    except OSError:
+        return True  # unreadable: the error about the file itself says more
+
+
+def _refuse_unreadable(files: CertificateFiles) -> None:
+    for key, path in (("tls_cert", files.cert), ("tls_key", files.key)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            raise StartupError(f"[server] {key}: {path}: no such file") from None
+        except PermissionError:
+            raise StartupError(f"[server] {key}: {path}: permission denied (certbot keys are root-only; "
+                               "see README 'Exposing dlrd on the internet')") from None
+        except OSError as error:
+            raise StartupError(f"[server] {key}: {path}: {_describe(error)}") from None
 
 
 def _describe(error: Exception) -> str:
@@ -81,24 +105,47 @@ def certificate_expiry(cert_path: str) -> float | None:
         # A private helper, but the only stdlib way to read a PEM's notAfter
         # without a handshake; it has been stable since Python 3.2.
         decoded = ssl._ssl._test_decode_cert(cert_path)  # type: ignore[attr-defined]
-        return parsedate_to_datetime(decoded["notAfter"].replace("  ", " ")).timestamp()
+        return float(ssl.cert_time_to_seconds(decoded["notAfter"]))
     except Exception:
         return None
 
 
+def check_certificate_dates(cert_path: str) -> str | None:
+    """Refuse an expired certificate (StartupError); the warning to log for one within EXPIRY_WARNING_DAYS.
+
+    OpenSSL loads an expired certificate without a word, and then every
+    provider's handshake fails; start and SIGHUP both refuse it instead.
+    """
+    expires_at = certificate_expiry(cert_path)
+    if expires_at is None:
+        return None
+    days = (expires_at - time.time()) / 86400
+    if days < 0:
+        ended = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expires_at))
+        raise StartupError(f"[server] tls_cert: {cert_path} expired {-days:.0f} day(s) ago ({ended}); "
+                           "every handshake would fail: renew it (certbot renew)")
+    if days < EXPIRY_WARNING_DAYS:
+        return f"the TLS certificate {cert_path} expires in {days:.1f} day(s); renew it and send SIGHUP"
+    return None
+
+
 class ServerTls:
-    """The live server context, reloaded in place on SIGHUP."""
+    """The live server context, reloaded in place on SIGHUP.
+
+    At start its files were checked, and the expiry warning logged, by
+    dlrd.preflight; a reload checks them again here.
+    """
 
     def __init__(self, files: CertificateFiles) -> None:
         self.files = files
         self.context = build_server_context(files)
         self.expires_at = certificate_expiry(files.cert)
-        self._warn_expiry()
 
     def reload(self, files: CertificateFiles) -> bool:
         """Serve a renewed certificate (and client CA) to new connections; keep the old ones if the new are bad."""
         try:
             context = build_server_context(files)
+            warning = check_certificate_dates(files.cert)
         except StartupError as error:
             log.error("SIGHUP: refused the new certificate, still serving the old one: %s", error)
             return False
@@ -106,19 +153,9 @@ class ServerTls:
         self.files = files
         self.expires_at = certificate_expiry(files.cert)
         log.info("SIGHUP: certificate reloaded from %s", files.cert)
-        self._warn_expiry()
+        if warning:
+            log.warning("%s", warning)
         return True
-
-    def _warn_expiry(self) -> None:
-        if self.expires_at is None:
-            return
-        days = (self.expires_at - time.time()) / 86400
-        if days < 0:
-            log.error("the TLS certificate %s expired %.0f day(s) ago; renew it and send SIGHUP",
-                      self.files.cert, -days)
-        elif days < EXPIRY_WARNING_DAYS:
-            log.warning("the TLS certificate %s expires in %.1f day(s); renew it and send SIGHUP",
-                        self.files.cert, days)
 
 
 def client_identity(peercert: dict | None) -> str | None:

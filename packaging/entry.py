@@ -2,6 +2,6 @@
 
 import sys
 
-from dlrd.cli import main
+from dlrd.launch import main
 
 sys.exit(main())

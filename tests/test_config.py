@@ -69,6 +69,7 @@ BAD_VALUES = [
     ("report_codes", "27", "Expired, gone, yes", "state"),
     ("report_codes", "27", "Expired, failed, perhaps", "final"),
     ("report_codes", "27", "Expired", "<label>, <state>, <final>"),
+    ("auth", "pin", "<redacted>", "what check-config prints in place of the secret"),
 ]
 
 

@@ -27,7 +27,7 @@ from dlrd.soap import REDACTED_PIN, parse_envelope
 
 PADDING = b"<Padding>" + b"x" * 8000 + b"</Padding>\n"
 QUARANTINE_SIZE = ("SELECT coalesce(sum(length(body) + length(reason) + length(remote_addr) + length(content_type)"
-                   " + length(received_at)), 0) FROM quarantine")
+                   " + length(received_at) + length(kind) + length(message_id)), 0) FROM quarantine")
 
 
 def post_from(source: str, address: tuple[str, int], body: bytes) -> int:

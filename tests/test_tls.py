@@ -238,7 +238,7 @@ def test_check_config_refuses_a_key_that_is_not_the_certificates(tmp_path, pki):
     result = subprocess.run([sys.executable, "-m", "dlrd", "--config", str(ini), "check-config"],
                             capture_output=True, text=True, timeout=30)
 
-    assert result.returncode == 1
+    assert result.returncode == 3  # serve's exit code for the same refusal (dlrd.preflight)
     assert result.stderr.count("\n") == 1 and "tls_cert/tls_key" in result.stderr
 
 
@@ -258,3 +258,15 @@ def test_a_body_larger_than_one_read_arrives_whole_over_https_and_http(daemon_fa
     assert soap_report(https) == 0 and soap_report(plain) == 0
     assert [row["message_id"] for row in daemon.rows("SELECT message_id FROM receipts ORDER BY id")] == [
         "BIGTLS", "BIGHTTP"]
+
+
+def test_a_certificate_file_without_its_key_says_to_set_tls_key(pki, tmp_path):
+    """certbot's fullchain.pem holds no key; OpenSSL alone says only 'PEM lib'."""
+    cert = pki.server_cert
+    ini = tmp_path / "dlrd.ini"
+    ini.write_text(f"[server]\nlisten = 127.0.0.1:0\ntls_listen = 127.0.0.1:0\ntls_cert = {cert}\n"
+                   f"[storage]\ndatabase = {tmp_path / 'dlrd.db'}\n[journal]\ndirectory = {tmp_path}\n")
+    result = subprocess.run([sys.executable, "-m", "dlrd", "check-config", "--config", str(ini)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3
+    assert f"{cert} holds no private key: set tls_key" in result.stderr, result.stderr
