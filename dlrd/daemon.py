@@ -21,6 +21,7 @@ from dlrd.app import Application
 from dlrd.codes import ReportCodeTable
 from dlrd.config import Config, load_config
 from dlrd.errors import ConfigError
+from dlrd.instance import InstanceLock, hold_database
 from dlrd.journal import JournalWriter, Rotation
 from dlrd.metrics import Metrics
 from dlrd.preflight import check_startup
@@ -69,6 +70,7 @@ class Daemon:
         self.app = Application(config, self.store, self.receipts, self.metrics)
         self.server: HttpServer | None = None
         self.notifier = Notifier()
+        self.instance: InstanceLock | None = None
 
     def start(self) -> None:
         """Check, open the storage and bind every listener; StartupError if one is unusable.
@@ -77,8 +79,13 @@ class Daemon:
         """
         for warning in check_startup(self.config):
             log.warning("%s", warning)
+        instance = self.instance = hold_database(self.config.database_path)  # before anything is opened or bound
         metrics, store = self.metrics, self.store
-        store.open()
+        try:
+            store.open()
+        except BaseException:
+            instance.release()
+            raise
         metrics.gauges["dlrd_storage_healthy"] = lambda: float(store.healthy)
         metrics.gauges["dlrd_journal_writable"] = lambda: float(store.journal_writable)
         metrics.gauges["dlrd_commits_total"] = lambda: store.commits
@@ -92,6 +99,7 @@ class Daemon:
             if self.server is not None:
                 self.server.close_listeners()
             store.close()
+            instance.release()
             raise
 
     def run(self) -> int:
@@ -171,6 +179,8 @@ class Daemon:
         assert self.server is not None
         self.server.stop()
         self.store.close()
+        if self.instance is not None:
+            self.instance.release()
         log.info("stopped")
 
     def reload(self) -> Pending:
