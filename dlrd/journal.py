@@ -21,7 +21,7 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -44,13 +44,19 @@ Clock = Callable[[], float]
 _LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def journal_line(row: dict[str, Any]) -> bytes:
-    """One receipt as the journal's JSON object; `tls_client` only when there is one."""
+def journal_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One receipt (a stored row, or an insert's record) as the journal's object: final a boolean,
+    `tls_client` only when there is one. `dlrd query` prints the same, so one jq filter serves both."""
     record = {name: row[name] for name in JOURNAL_FIELDS}
     record["final"] = bool(record["final"])
     if row.get("tls_client"):
         record["tls_client"] = row["tls_client"]
-    return _LINE_ENCODER.encode(record).encode("utf-8") + b"\n"
+    return record
+
+
+def journal_line(row: Mapping[str, Any]) -> bytes:
+    """One receipt as the journal's JSON line."""
+    return _LINE_ENCODER.encode(journal_record(row)).encode("utf-8") + b"\n"
 
 
 @dataclass(frozen=True)

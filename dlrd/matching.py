@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 
 from dlrd.errors import StorageUnavailable
+from dlrd.readonly import read_only_uri
 
 _LOOKUP = "SELECT 1 FROM expected_messages WHERE message_id = ?"
 
@@ -24,7 +24,7 @@ class ExpectedMessages:
     """The expected_messages table, read from any thread."""
 
     def __init__(self, database: Path) -> None:
-        self.uri = f"file:{urllib.parse.quote(str(database.resolve()))}?mode=ro"
+        self.uri = read_only_uri(database)
         self._local = threading.local()
 
     def __contains__(self, message_id: str) -> bool:

@@ -38,9 +38,7 @@ class RequestHead:
             # RFC 9112 §9.6: close wins over keep-alive, whatever the version.
             self.keep_alive = "close" not in tokens and (version >= (1, 1) or "keep-alive" in tokens)
         content_type = fields.get("content-type")
-        media_type, _, parameters = content_type[0].partition(";") if content_type else ("", "", "")
-        self.media_type = media_type.strip().lower()
-        self.charset = _charset(parameters) if parameters else None
+        self.media_type, self.charset = split_content_type(content_type[0]) if content_type else ("", None)
         length = fields.get("content-length")
         self.content_length = None if length is None else int(length[0])
         self.chunked = "transfer-encoding" in fields
@@ -51,6 +49,16 @@ class RequestHead:
     @property
     def query(self) -> str:
         return self.target.partition("?")[2]
+
+
+def split_content_type(value: str) -> tuple[str, str | None]:
+    """A Content-Type's media type, lower-cased, and its charset parameter (None without one).
+
+    The quarantine keeps a request's content type as `media; charset=...`,
+    so `dlrd replay` reads it back with this too.
+    """
+    media_type, _, parameters = value.partition(";")
+    return media_type.strip().lower(), _charset(parameters) if parameters else None
 
 
 def _charset(parameters: str) -> str | None:

@@ -16,6 +16,7 @@ import csv
 import itertools
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -142,8 +143,6 @@ def write_rows(rows: Iterable[Row], columns: Sequence[str | Column], format_name
                             terminal_width(stream), nothing)
     stream.flush()
     if count == 0 and chosen != "table" and nothing:
-        import sys
-
         print(f"dlrd: {nothing}", file=sys.stderr)
     return count
 

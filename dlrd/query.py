@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from dlrd import journal
 from dlrd.codes import STATES
 from dlrd.config import Config
 from dlrd.errors import EXIT_OK, StartupError, UsageError
-from dlrd.journal import JOURNAL_FIELDS
-from dlrd.output import FORMAT_HELP, FORMATS, Column
+from dlrd.output import FORMAT_HELP, FORMATS, Column, write_rows
 from dlrd.timespec import MOMENT_HELP, moment_argument, stored_text
 
 # The journal's fields, and tls_client, which the journal writes only when there is one.
-SELECTED = (*JOURNAL_FIELDS, "tls_client")
+SELECTED = (*journal.JOURNAL_FIELDS, "tls_client")
 
 TABLE_COLUMNS = (
     Column("received_at", "received (UTC)", lambda row: f"{row['received_at'][:10]} {row['received_at'][11:19]}",
@@ -104,7 +104,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from dlrd.output import write_rows
     from dlrd.readonly import open_read_only
 
     selection = Selection(
@@ -139,13 +138,8 @@ def receipts(connection: sqlite3.Connection, selection: Selection) -> Iterator[d
 
 
 def journal_record(values: Sequence[Any]) -> dict[str, Any]:
-    """A receipts row (SELECTED's columns) as dlrd.journal.journal_line writes it: final a boolean,
-    tls_client only when there is one."""
-    record = dict(zip(JOURNAL_FIELDS, values, strict=False))
-    record["final"] = bool(record["final"])
-    if values[-1]:
-        record["tls_client"] = values[-1]
-    return record
+    """A receipts row (SELECTED's columns) as dlrd.journal writes it."""
+    return journal.journal_record(dict(zip(SELECTED, values, strict=True)))
 
 
 def build_sql(selection: Selection) -> tuple[str, list[Any]]:

@@ -18,13 +18,17 @@ from pathlib import Path
 from dlrd.errors import StartupError
 
 
+def read_only_uri(path: Path, options: str = "mode=ro") -> str:
+    """The URI that opens `path` read-only, whatever characters its name holds."""
+    return f"file:{urllib.parse.quote(str(path.resolve()))}?{options}"
+
+
 def open_read_only(path: Path) -> sqlite3.Connection:
     """A read-only connection to the dlrd database at `path`; StartupError saying what to do when there is none."""
     if not path.is_file():
         raise StartupError(f"no database at {path}: run dlrd serve once, or pass the --config that names it")
-    quoted = urllib.parse.quote(str(path.resolve()))
     try:
-        connection = _connect(f"file:{quoted}?mode=ro")
+        connection = _connect(read_only_uri(path))
     except sqlite3.Error as error:
         wal = path.with_name(path.name + "-wal")
         if wal.is_file() and wal.stat().st_size > 0:
@@ -33,7 +37,7 @@ def open_read_only(path: Path) -> sqlite3.Connection:
                 f"only a reader able to create {path.name}-shm in {path.parent} can see; run as a user who may "
                 f"write there, or copy the database whole: sqlite3 {path} \".backup /tmp/dlrd-copy.db\"") from None
         try:
-            connection = _connect(f"file:{quoted}?mode=ro&immutable=1")
+            connection = _connect(read_only_uri(path, "mode=ro&immutable=1"))
         except sqlite3.Error:
             raise StartupError(f"cannot read the database {path}: {error}") from None
     try:

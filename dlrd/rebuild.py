@@ -239,11 +239,7 @@ def _parse_whole_chunk(lines: list[bytes]) -> list[Row] | None:
         rows = [(*_pick(record), record.get("tls_client")) for record in records]
     except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
         return None
-    valid = _VALID_TYPES
-    for row in rows:
-        if tuple(map(type, row)) not in valid or not (0 < row[0] <= MAX_ID and -999 <= row[4] <= 999):
-            return None
-    return rows
+    return rows if all(map(_valid, rows)) else None
 
 
 def _parse_line_by_line(lines: list[bytes], name: str, first: int,
@@ -260,12 +256,17 @@ def _parse_line_by_line(lines: list[bytes], name: str, first: int,
         except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
             report.bad_line(f"{name}:{number}: {_why_bad(line)}")
             continue
-        if tuple(map(type, row)) in _VALID_TYPES and 0 < row[0] <= MAX_ID and -999 <= row[4] <= 999:
+        if _valid(row):
             rows.append(row)
             places.append((name, number))
         else:
             report.bad_line(f"{name}:{number}: {_why_bad(line)}")
     return rows, places
+
+
+def _valid(row: Row) -> bool:
+    """The row's fields have the journal's types, its id fits SQLite and its report code three digits."""
+    return tuple(map(type, row)) in _VALID_TYPES and 0 < row[0] <= MAX_ID and -999 <= row[4] <= 999
 
 
 def _why_bad(line: bytes) -> str:

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from dlrd.config import Config
-from dlrd.errors import EXIT_OK, StartupError, UsageError
+from dlrd.errors import EXIT_OK, UsageError
 from dlrd.review import add_selection
 
 
@@ -79,9 +79,6 @@ def _rebuild(config: Config, files: list[Path], dry_run: bool) -> int:
 
     if dry_run:
         raise UsageError("--dry-run goes with --quarantine only")
-    missing = [str(path) for path in files if not path.is_file()]
-    if missing:
-        raise StartupError(f"no such journal file: {', '.join(missing)}")
     report = rebuild_from_journals(config.database_path, files, progress=sys.stderr)
     print(report)
     return EXIT_OK

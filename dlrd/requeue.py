@@ -17,6 +17,7 @@ from dlrd.auth import Credentials
 from dlrd.codes import ReportCodeTable
 from dlrd.config import Config
 from dlrd.errors import StartupError
+from dlrd.messages import split_content_type
 from dlrd.receiver import (
     Admitted,
     Refused,
@@ -100,10 +101,9 @@ def _replay_batch(connection: sqlite3.Connection, rows: Iterable[sqlite3.Row], r
 
 def _judge(row: sqlite3.Row, rules: tuple, trust_credentials: bool) -> ReceiptInsert | str:
     """The insert job for a kept request that passes today's rules, or why it stays."""
-    media_type, _, parameters = row["content_type"].partition(";")
-    charset = parameters.partition("charset=")[2].strip() or None
+    media_type, charset = split_content_type(row["content_type"])
     try:
-        envelope = parse_envelope(bytes(row["body"]), charset, version_from_content_type(media_type.strip()))
+        envelope = parse_envelope(bytes(row["body"]), charset, version_from_content_type(media_type))
     except EnvelopeRejected as rejected:
         return f"not a receipt: {rejected.reason}"
     creds, codes, expected = rules

@@ -21,6 +21,7 @@ period.)
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sqlite3
 import sys
@@ -34,6 +35,8 @@ from typing import Any
 from dlrd.codes import STATES
 from dlrd.config import Config
 from dlrd.errors import EXIT_OK, StartupError, UsageError
+from dlrd.output import resolve_format, terminal_width, unicode_ok
+from dlrd.query import check_period
 from dlrd.timespec import MOMENT_HELP, moment_argument, stored_text
 
 DEFAULT_PERIOD = timedelta(hours=24)
@@ -111,8 +114,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from dlrd.output import resolve_format
-    from dlrd.query import check_period
     from dlrd.readonly import open_read_only
 
     until = args.until or datetime.now(UTC)
@@ -131,12 +132,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     finally:
         connection.close()
     if resolve_format(args.format, sys.stdout) == "json":
-        import json
-
         print(json.dumps(summary.as_json(), ensure_ascii=False, separators=(",", ":")))
     else:
-        from dlrd.output import terminal_width, unicode_ok
-
         sys.stdout.write("".join(render_table(summary, terminal_width(sys.stdout), unicode_ok(sys.stdout))))
     return EXIT_OK
 
