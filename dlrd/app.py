@@ -11,18 +11,16 @@ import logging
 
 from dlrd.auth import SourcePolicy
 from dlrd.config import Config
+from dlrd.health import HealthCheck
 from dlrd.messages import Request, RequestHead, Response, plain_response
-from dlrd.metrics import Metrics
+from dlrd.metrics import HEALTH_PATH, METRICS_PATH, Metrics
 from dlrd.ratelimit import LogLimiter
 from dlrd.receiver import ReceiptEndpoint
-from dlrd.store import ReceiptStore, probe_write
+from dlrd.store import ReceiptStore
 from dlrd.wsdl import WSDL_MEDIA_TYPE, LocationRefused, is_wsdl_query, wsdl_document, wsdl_location
 
 log = logging.getLogger("dlrd.server")
 
-HEALTH_PATH = "/healthz"
-METRICS_PATH = "/metrics"
-HEALTH_PROBE_SECONDS = 5.0
 
 
 class Application:
@@ -33,6 +31,7 @@ class Application:
         self.max_body = config["server", "max_body_bytes"]
         self.sources = source_policy(config)
         self.store = store
+        self.health = HealthCheck(store)
         self.receipts = receipts
         self.metrics = metrics
         self.refusals = LogLimiter(log)
@@ -45,7 +44,7 @@ class Application:
     def check_head(self, head: RequestHead, client: str) -> Response | None:
         """Refuse early, before the body is read: unknown path, wrong method, no or too big a length.
 
-        allow_from guards the receipt paths, monitor_from /healthz and
+        allow_from guards the receipt paths, monitor_allow_from /healthz and
         /metrics, so monitors need not also be allowed to POST receipts.
         `GET <path>?wsdl` is under allow_from too: it is part of the receipt
         endpoint, which the sources that POST receipts (and the operator's
@@ -68,8 +67,8 @@ class Application:
                 return self._refuse(411, "a Content-Length or a chunked body is required")
         elif path in (HEALTH_PATH, METRICS_PATH):
             if not self.sources.monitors(client):
-                self.refusals.log(logging.WARNING, "refusals of sources not in monitor_from",
-                                  "refused %s: not in [auth] monitor_from", client)
+                self.refusals.log(logging.WARNING, "refusals of sources not in monitor_allow_from",
+                                  "refused %s: not in [server] monitor_allow_from", client)
                 return self._refuse(403, "forbidden")
             if head.method not in ("GET", "HEAD"):
                 return self._refuse(405, f"{path} answers GET", [("Allow", "GET, HEAD")])
@@ -96,14 +95,9 @@ class Application:
         self.refusals.flush()
 
     def _health(self) -> Response:
-        """200 only when a write transaction commits now: the database is writable."""
-        probe = self.store.submit(probe_write)
-        if not probe.wait(HEALTH_PROBE_SECONDS):
-            probe.cancel()
-            return plain_response(503, "storage unavailable")
-        if probe.error is not None:  # any failure of the probe means "not writable"; the store logs the cause
-            return plain_response(503, "storage unavailable")
-        return plain_response(200, "ok")
+        """200 when the database takes receipts now (dlrd.health), else 503; the reason is the body."""
+        status, reason = self.health.answer()
+        return plain_response(status, reason)
 
     def _wsdl(self, request: Request) -> Response:
         """The WSDL with this URL as its address; 400 when the request's Host cannot make one."""
@@ -120,6 +114,6 @@ class Application:
 
 
 def source_policy(config: Config) -> SourcePolicy:
-    """allow_from, monitor_from and trusted_proxies from the config, as the server and the router apply them."""
+    """allow_from, monitor_allow_from and trusted_proxies from the config, as the server and the router apply them."""
     return SourcePolicy(tuple(config["auth", "allow_from"]), tuple(config["auth", "trusted_proxies"]),
-                        tuple(config["auth", "monitor_from"]))
+                        tuple(config["server", "monitor_allow_from"]))

@@ -70,34 +70,34 @@ def normalised_address(text: str) -> str:
 
 @dataclass(frozen=True)
 class SourcePolicy:
-    """allow_from, monitor_from and trusted_proxies: who may POST receipts, and who may watch."""
+    """allow_from, monitor_allow_from and trusted_proxies: who may POST receipts, and who may watch."""
 
     allow_from: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
-    monitor_from: tuple[Network, ...] = ()
+    monitor_allow_from: tuple[Network, ...] = ()
 
     def refused_at_accept(self, peer: str) -> bool:
         """True for a connecting address that could be served nothing at all, so not even a thread or a
-        TLS handshake is spent on it: outside allow_from and outside monitor_from, when both are set.
+        TLS handshake is spent on it: outside allow_from and outside monitor_allow_from, when both are set.
 
         A trusted proxy is never refused here: who its client is, only its
         X-Forwarded-For header says.
         """
-        if not self.allow_from or not self.monitor_from:
+        if not self.allow_from or not self.monitor_allow_from:
             return False
         address = _address(peer)
         if address is None:
             return True
         return not (any(address in network for network in self.allow_from)
-                    or any(address in network for network in self.monitor_from)
+                    or any(address in network for network in self.monitor_allow_from)
                     or any(address in network for network in self.trusted_proxies))
 
     def monitors(self, client: str) -> bool:
-        """May `client` read /healthz and /metrics? Everyone, unless monitor_from says who."""
-        if not self.monitor_from:
+        """May `client` read /healthz and /metrics? Everyone, unless monitor_allow_from says who."""
+        if not self.monitor_allow_from:
             return True
         address = _address(client)
-        return address is not None and any(address in network for network in self.monitor_from)
+        return address is not None and any(address in network for network in self.monitor_allow_from)
 
     def client_address(self, peer: str, forwarded_for: str | None) -> str:
         """The real client, normalised: the peer, or, behind a trusted proxy, the nearest untrusted

@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
 
+# Commands the reader group runs (README "Secrets and readers"): they read the database, never the PIN file.
+READS_NO_PIN = ("query", "stats", "quarantine")
+
+
 def _run(args: argparse.Namespace) -> int:
     command = args.command or "serve"
     if command == "version":
@@ -130,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
     if command == "check-config" and args.example:
         sys.stdout.write(render_example())
         return EXIT_OK
-    config = load_config(args.config or default_config_path())
+    config = load_config(args.config or default_config_path(), read_pin=command not in READS_NO_PIN)
     if command == "check-config":
         return _check_config(config)
     if command == "serve":

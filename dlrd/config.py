@@ -9,6 +9,7 @@ test fails when `etc/dlrd.ini` and the table disagree.
 from __future__ import annotations
 
 import configparser
+import grp
 import ipaddress
 import os
 import re
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dlrd.activation import socket_activated
 from dlrd.codes import ReportCode, parse_code_row
 from dlrd.errors import ConfigError
 
@@ -175,6 +177,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "min_body_rate", parse_positive_size, "1k",
             "Slowest request body accepted, in bytes per second (like 1k): past request_timeout, a body "
             "must keep arriving at this rate or the client gets 408 and is disconnected."),
+    Setting("server", "monitor_allow_from", parse_networks, "",
+            "Source addresses or CIDRs allowed to GET /healthz and /metrics, comma-separated. Others get 403. "
+            "Empty: all sources. With [auth] allow_from set too, a source in neither list is closed as it "
+            "connects, before a thread or a TLS handshake is spent on it."),
     Setting("auth", "username", parse_text, "",
             "Username the provider must send (set it on the provider's Delivery Receipts page). Empty: not checked."),
     Setting("auth", "pin", parse_text, "",
@@ -189,10 +195,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth", "allow_from", parse_networks, "",
             "Source addresses or CIDRs allowed to POST, comma-separated, IPv4 and IPv6. Others get 403 before "
             "their body is read. Empty: all sources."),
-    Setting("auth", "monitor_from", parse_networks, "",
-            "Source addresses or CIDRs allowed to GET /healthz and /metrics, comma-separated. Others get 403. "
-            "Empty: all sources. With allow_from set too, a source in neither list is closed as it connects, "
-            "before a thread or a TLS handshake is spent on it."),
     Setting("auth", "trusted_proxies", parse_networks, "",
             "Addresses of reverse proxies (nginx) whose X-Forwarded-For header is believed for allow_from and "
             "the stored remote address. Empty: X-Forwarded-For is ignored."),
@@ -253,6 +255,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 _BY_KEY = {(setting.section, setting.name): setting for setting in SETTINGS}
+# Keys that moved: the old name is still read, with a warning, so an upgrade never breaks an ini.
+RENAMED = {("auth", "monitor_from"): ("server", "monitor_allow_from")}
 
 
 @dataclass(frozen=True)
@@ -281,8 +285,12 @@ def default_config_path(environ: dict[str, str] | None = None) -> str | None:
     return env.get(CONFIG_ENV) or None
 
 
-def load_config(path: str | None, environ: dict[str, str] | None = None) -> Config:
-    """Read, validate and complete a configuration; raise ConfigError on the first problem."""
+def load_config(path: str | None, environ: dict[str, str] | None = None, read_pin: bool = True) -> Config:
+    """Read, validate and complete a configuration; raise ConfigError on the first problem.
+
+    read_pin=False leaves pin_file and pin_credential unread, for the
+    commands a reader may run without access to the PIN.
+    """
     env = dict(os.environ if environ is None else environ)
     label = path or "built-in defaults"
     parser = configparser.ConfigParser(interpolation=None, delimiters=("=",), comment_prefixes=("#", ";"))
@@ -305,11 +313,15 @@ def load_config(path: str | None, environ: dict[str, str] | None = None) -> Conf
         if section == "report_codes":
             continue
         for name in parser[section]:
-            if (section, name) not in _BY_KEY:
+            if (section, name) not in _BY_KEY and (section, name) not in RENAMED:
                 known = ", ".join(s.name for s in SETTINGS if s.section == section)
                 raise ConfigError(f"{label} [{section}] {name}: unknown key; [{section}] knows {known}")
+    warnings: list[str] = []
+    renamed = _renamed_keys(parser, label, warnings)
     for setting in SETTINGS:
-        text = parser.get(setting.section, setting.name, fallback=setting.default)
+        text = renamed.get((setting.section, setting.name))
+        if text is None:
+            text = parser.get(setting.section, setting.name, fallback=setting.default)
         if setting.secret and text.strip() == REDACTED:
             raise ConfigError(f"{label} [{setting.section}] {setting.name}: {REDACTED} is what check-config prints "
                               "in place of the secret; put the real one here")
@@ -327,14 +339,29 @@ def load_config(path: str | None, environ: dict[str, str] | None = None) -> Conf
                 raise ConfigError(f"{label} [report_codes] {code_text}: {error}") from None
             codes[code.code] = code
 
-    warnings: list[str] = []
     _complete_paths(values, env)
-    _check_combinations(values, label)
-    _resolve_pin(values, label, env, warnings)
-    if path and parser.get("auth", "pin", fallback="").strip() and _world_readable(Path(path)):
-        warnings.append(f"{label} [auth] pin: this file is readable by every user and holds the PIN; "
-                        "chmod o-r it, or move the PIN to pin_file or pin_credential")
+    _check_combinations(values, label, socket_activated(env))
+    if read_pin:
+        _resolve_pin(values, label, env, warnings)
+    if path and parser.get("auth", "pin", fallback="").strip() and (readers := _other_readers(Path(path))):
+        warnings.append(f"{label} [auth] pin: this file is readable by {readers} and holds the PIN; "
+                        "move the PIN to pin_file or pin_credential (README \"Secrets and readers\")")
     return Config(values, codes, path, tuple(warnings))
+
+
+def _renamed_keys(parser: configparser.ConfigParser, label: str, warnings: list[str]) -> dict[tuple[str, str], str]:
+    """The values given under an old key name, by their new key; both names at once is a ConfigError."""
+    values = {}
+    for (section, name), (new_section, new_name) in RENAMED.items():
+        if not parser.has_option(section, name):
+            continue
+        if parser.has_option(new_section, new_name):
+            raise ConfigError(f"{label} [{section}] {name}: this is the old name of [{new_section}] {new_name}, "
+                              "which is set too; keep only the new one")
+        values[new_section, new_name] = parser.get(section, name)
+        warnings.append(f"{label} [{section}] {name} is now [{new_section}] {new_name}; rename it (the old name "
+                        "still works)")
+    return values
 
 
 def _complete_paths(values: dict[tuple[str, str], Any], env: dict[str, str]) -> None:
@@ -348,15 +375,17 @@ def _complete_paths(values: dict[tuple[str, str], Any], env: dict[str, str]) -> 
         values["journal", "directory"] = logs_dir
 
 
-def _check_combinations(values: dict[tuple[str, str], Any], label: str) -> None:
-    if not values["server", "listen"] and not values["server", "tls_listen"]:
+def _check_combinations(values: dict[tuple[str, str], Any], label: str, activated: bool) -> None:
+    """Refuse settings that contradict each other. Under socket activation the socket unit says where dlrd
+    listens, so empty listen and tls_listen are fine there, and the certificate goes with its https socket."""
+    if not values["server", "listen"] and not values["server", "tls_listen"] and not activated:
         raise ConfigError(f"{label} [server] listen: empty and tls_listen is empty too, so dlrd would listen "
                           "nowhere; give a host:port")
     if values["server", "tls_listen"] and not values["server", "tls_cert"]:
         raise ConfigError(f"{label} [server] tls_cert: tls_listen is set, so a certificate is needed "
                           "(certbot: /etc/letsencrypt/live/<name>/fullchain.pem)")
     for key in ("tls_cert", "tls_key", "tls_client_ca"):
-        if values["server", key] and not values["server", "tls_listen"]:
+        if values["server", key] and not values["server", "tls_listen"] and not activated:
             raise ConfigError(f"{label} [server] {key}: set, but tls_listen is empty so HTTPS is off; "
                               "set tls_listen or remove it")
     both = {address for address in values["server", "listen"] if address[1]} & set(values["server", "tls_listen"])
@@ -395,17 +424,27 @@ def _resolve_pin(values: dict[tuple[str, str], Any], label: str, env: dict[str, 
             raise ConfigError(f"{label} [auth] {key}: cannot read {source}: {error.strerror or error}") from None
         if not values["auth", "pin"]:
             raise ConfigError(f"{label} [auth] {key}: {source} is empty")
-        if key == "pin_file" and _world_readable(source):
-            warnings.append(f"{label} [auth] pin_file: {source} is readable by every user; chmod o-r it")
+        if key == "pin_file" and (readers := _other_readers(source)):
+            warnings.append(f"{label} [auth] pin_file: {source} is readable by {readers}; let dlrd's user alone "
+                            f"read it: chown dlrd:root {source}; chmod 400 {source}")
     if len(values["auth", "pin"]) > MAX_CREDENTIAL:
         raise ConfigError(f"{label} [auth] pin: longer than the provider's {MAX_CREDENTIAL} characters")
 
 
-def _world_readable(path: Path) -> bool:
+def _other_readers(path: Path) -> str:
+    """Who besides its owner may read `path` ("" for nobody): the group dlrd is the readers' group."""
     try:
-        return bool(path.stat().st_mode & stat.S_IROTH)
+        status = path.stat()
     except OSError:
-        return False
+        return ""
+    if status.st_mode & stat.S_IROTH:
+        return "every user"
+    if not status.st_mode & stat.S_IRGRP:
+        return ""
+    try:
+        return f"the group {grp.getgrgid(status.st_gid).gr_name}"
+    except KeyError:
+        return f"the group {status.st_gid}"
 
 
 def _one_line(text: str) -> str:

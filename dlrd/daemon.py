@@ -17,6 +17,7 @@ import sys
 import time
 
 from dlrd import __version__
+from dlrd.activation import inherited_sockets
 from dlrd.app import Application
 from dlrd.codes import ReportCodeTable
 from dlrd.config import Config, load_config
@@ -44,15 +45,45 @@ REOPEN_POLL_SECONDS = 0.05
 
 
 def configure_logging(level: str) -> None:
-    """Log to stderr; under systemd journald adds the time, so the line carries none."""
+    """Log to stderr: for journald with each line's priority, elsewhere with the time to the millisecond."""
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if stderr_is_journal():
+        handler.setFormatter(JournaldFormatter("%(levelname)s %(name)s: %(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
+                                               "%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is the journald stream systemd gave us: $JOURNAL_STREAM names its device and inode.
+
+    Compared, as systemd.exec(5) asks, so that `dlrd ... 2>file` run from a
+    service's shell does not write priority prefixes into a file.
+    """
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in stream.split(":"))
+        stats = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return (stats.st_dev, stats.st_ino) == (device, inode)
+
+
+class JournaldFormatter(logging.Formatter):
+    """Each line with its sd-daemon(3) `<N>` syslog priority, which journald turns into PRIORITY=.
+
+    Every line of a multi-line record gets it (journald splits on newlines),
+    so a traceback's lines are errors too in `journalctl -p err`, not info.
+    """
+
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self.PRIORITIES.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
 
 
 class Daemon:
@@ -77,7 +108,8 @@ class Daemon:
 
         The checks are check-config's too (dlrd.preflight), so both refuse with the same line.
         """
-        for warning in check_startup(self.config):
+        inherited = inherited_sockets()
+        for warning in check_startup(self.config, binds=not inherited):
             log.warning("%s", warning)
         instance = self.instance = hold_database(self.config.database_path)  # before anything is opened or bound
         metrics, store = self.metrics, self.store
@@ -92,8 +124,9 @@ class Daemon:
         metrics.gauges["dlrd_committed_jobs_total"] = lambda: store.committed_jobs
         metrics.gauges["dlrd_last_receipt_timestamp_seconds"] = lambda: self.receipts.last_stored
         metrics.gauges["dlrd_quarantine_bytes"] = lambda: store.quarantine_budget.used or 0
+        store.on_commit = metrics.observe_commit
         try:
-            self.server = HttpServer(self.config, self.app, metrics)
+            self.server = HttpServer(self.config, self.app, metrics, inherited)
             self.server.start()
         except BaseException:
             if self.server is not None:
@@ -115,8 +148,9 @@ class Daemon:
                 log.warning("%s", warning)
             log.info("dlrd %s storing receipts in %s, journal in %s", __version__, self.config.database_path,
                      self.config.journal_dir)
+            how = " (socket activation: [server] listen and tls_listen are not used)" if self.server.inherited else ""
             for url in self.server.bound:
-                log.info("listening on %s", url)
+                log.info("listening on %s%s", url, how)
             self.notifier.ready(f"listening on {', '.join(self.server.bound)}")
             self._loop(wake_in)
         finally:

@@ -9,15 +9,35 @@ Rotation renames receipts.jsonl to receipts-<UTC time>.jsonl and opens a
 new receipts.jsonl, as logrotate would, so `tail -F receipts.jsonl`
 follows it. Compressing and deleting rotated files is slow work for a
 background thread (RotatedFiles), never for the writer.
+
+An external logrotate (packaging/logrotate/dlrd) renames the file under a
+running dlrd. GNU `tail -F` (coreutils 9.1, tail.c `recheck`) reads the
+old file only until it handles the rename event: it then closes the old
+descriptor without reading what is left ("tail may miss entries being
+written to the old file", says its own FIXME), and reads the new file
+from its start. So a line dlrd appends to the renamed file reaches no
+tailing reader, however long logrotate leaves that file uncompressed; a
+line written before the rename is safe, since its change event is queued
+before the rename's and tail reads to the end at each. Hence
+JournalWriter.append checks before each batch that receipts.jsonl still
+names the open file and, when it was renamed away, reopens at once (no
+SIGHUP needed), and checks again after the write: a rename that fell
+between the two (microseconds) may have come before the write, so the
+batch is written again into the new file. That batch may then be read
+twice, once from each file; the `id` lets readers drop the repeat, as
+with every at-least-once line.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import json
 import logging
 import os
 import re
+import struct
+import sys
 import threading
 import time
 import zlib
@@ -158,6 +178,7 @@ class JournalWriter:
         self.clock = clock
         self.rotated = RotatedFiles(directory, self.rotation)
         self._file: Any = None
+        self._watch: RenameWatch | None = None
         self._next_rollover: float | None = None
         self._last_stamp = 0
         self._repair_size: int | None = None
@@ -214,9 +235,43 @@ class JournalWriter:
         if self._file is None:
             self._open_file()
         self._repair()
+        self._follow_rename()  # raises, unlike rotate_if_due's own check: the store holds the batch back
         self.rotate_if_due(len(data))
         if self._file is None:
             self._open_file()  # a rotation renamed the file but could not open the new one
+        self._write(data)
+        if self._renamed_before_the_write():
+            self._follow_rename(again=True)
+            if self._file is None:
+                self._open_file()
+            self._write(data)
+
+    def _renamed_before_the_write(self) -> bool:
+        """True when the file was renamed away before the write just made was seen, so tail -F may miss it.
+
+        The rename can fall between the check before the write and the
+        write: microseconds, or milliseconds when another thread holds the
+        GIL. What tail -F reads depends on the order of the change events
+        the kernel queues for it, and the inotify watch on the open file
+        gets the same events in the same order: a rename queued after the
+        write's own change event is one tail handles after reading the
+        batch, so that batch is not written again. Without a watch (not
+        Linux, or no inotify left), any rename seen now counts as before.
+        """
+        if self._watch is None:
+            return self.renamed_away()
+        try:
+            events = self._watch.events()
+        except OSError:
+            return self.renamed_away()
+        if IN_MOVE_SELF not in events:
+            # Renamed, yet no event: before the watch was made (in the instant after the open), so before the write.
+            return self.renamed_away()
+        renamed = events.index(IN_MOVE_SELF)
+        written = max((at for at, event in enumerate(events) if event == IN_MODIFY), default=-1)
+        return written < 0 or renamed < written
+
+    def _write(self, data: bytes) -> None:
         start = self._size
         try:
             view = memoryview(data)
@@ -259,7 +314,19 @@ class JournalWriter:
         return max(0.0, self._next_rollover - self.clock())
 
     def rotate_if_due(self, incoming: int = 0) -> bool:
-        """Rotate now if the size or time limit says so; a failure is logged once and retried later."""
+        """Rotate now if the size or time limit says so; a failure is logged once and retried later.
+
+        Called once a second while the writer idles, it also follows an
+        external rotation then, so the renamed file is let go of within a
+        second even when no receipt comes in.
+        """
+        if self._file is None:
+            return False
+        try:
+            self._follow_rename()
+        except OSError as error:
+            log.debug("could not reopen the journal after an external rotation: %s", error)
+            return False  # the next append meets the same error, and the store reports it
         if self._file is None:
             return False
         size = self._size
@@ -302,6 +369,47 @@ class JournalWriter:
         log.info("journal rotated to %s", target.name)
         self.rotated.wake()
 
+    def renamed_away(self) -> bool:
+        """True when receipts.jsonl no longer names the open file while that file lives on under another name.
+
+        A deleted file (no name left) is not renamed away: the store's
+        deleted() check appends again what went into it, which following
+        it here would skip.
+        """
+        if self._file is None:
+            return False
+        opened = os.fstat(self._file.fileno())
+        if opened.st_nlink == 0:
+            return False
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return True  # renamed, and nothing made in its place yet (logrotate's nocreate)
+        except OSError:
+            return False
+        return (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino)
+
+    def _follow_rename(self, again: bool = False) -> None:
+        """Reopen receipts.jsonl by name when it was renamed away (an external logrotate), not waiting for SIGHUP."""
+        if not self.renamed_away():
+            return
+        moved_to = self._current_name()
+        if again:
+            log.info("the journal %s was renamed%s while a batch was written to it; writing that batch again "
+                     "to a new %s, so that tail -F readers get it (a reader may see it twice)",
+                     self.path, moved_to, JOURNAL_NAME)
+        else:
+            log.info("the journal %s was renamed%s (a logrotate); followed the rotation: appending to a new %s",
+                     self.path, moved_to, JOURNAL_NAME)
+        self.reopen()
+
+    def _current_name(self) -> str:
+        """' to <path>' where the open file now is (Linux /proc), or '' when that cannot be known."""
+        try:
+            return f" to {os.readlink(f'/proc/self/fd/{self._file.fileno()}')}"
+        except OSError:
+            return ""
+
     def deleted(self) -> bool:
         """True when receipts.jsonl was deleted while open: what is appended to it now reaches no reader."""
         return self._file is not None and os.fstat(self._file.fileno()).st_nlink == 0
@@ -314,6 +422,7 @@ class JournalWriter:
             last_written = None
         self._drop_partial_line()
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open across calls)
+        self._watch = RenameWatch.of(self._file.fileno())
         self._repair_size = None
         self._size = os.fstat(self._file.fileno()).st_size
         stamps = [_stamp_of(path.name) or 0 for path in rotated_files(self.directory)]
@@ -324,6 +433,9 @@ class JournalWriter:
             self._next_rollover = next_midnight(since, self.rotation.utc)
 
     def _close_file(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -368,6 +480,64 @@ class JournalWriter:
                     handle.truncate(end)
         except FileNotFoundError:
             return
+
+
+IN_MODIFY = 0x00000002
+IN_MOVE_SELF = 0x00000800
+_IN_NONBLOCK = 0o4000
+_IN_CLOEXEC = 0o2000000
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
+
+
+class RenameWatch:
+    """An inotify watch on the open journal file: its change and rename events, in the order the kernel queued them.
+
+    Linux only, through libc (the standard library has no inotify); `of`
+    gives None elsewhere or when no watch can be had, and the journal then
+    judges a rename by stat alone.
+    """
+
+    _libc: Any = None
+
+    def __init__(self, descriptor: int) -> None:
+        self.descriptor = descriptor
+
+    @classmethod
+    def of(cls, file_descriptor: int) -> RenameWatch | None:
+        """A watch on the file open at `file_descriptor` (by /proc/self/fd, so on that very file), or None."""
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            if cls._libc is None:
+                cls._libc = ctypes.CDLL(None, use_errno=True)
+            descriptor = cls._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        except (OSError, AttributeError):
+            return None
+        if descriptor < 0:
+            return None
+        watched = cls._libc.inotify_add_watch(descriptor, f"/proc/self/fd/{file_descriptor}".encode(),
+                                              IN_MODIFY | IN_MOVE_SELF)
+        if watched < 0:
+            os.close(descriptor)
+            return None
+        return cls(descriptor)
+
+    def events(self) -> list[int]:
+        """The events queued since the last call, oldest first: IN_MODIFY or IN_MOVE_SELF each."""
+        found: list[int] = []
+        while True:
+            try:
+                data = os.read(self.descriptor, 4096)
+            except BlockingIOError:
+                return found
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                _wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                offset += _EVENT.size + length
+                found += [event for event in (IN_MODIFY, IN_MOVE_SELF) if mask & event]
+
+    def close(self) -> None:
+        os.close(self.descriptor)
 
 
 class RotatedFiles:

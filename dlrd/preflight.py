@@ -32,7 +32,7 @@ STATE_DIRECTORY_HINT = "systemd: StateDirectory=dlrd"
 LOGS_DIRECTORY_HINT = "systemd: LogsDirectory=dlrd"
 
 
-def check_startup(config: Config) -> list[str]:
+def check_startup(config: Config, binds: bool = True) -> list[str]:
     """Refuse with StartupError what serve could not start with; return the warnings serve logs at start.
 
     The order is serve's own: the database, the journal, the certificate, then the listeners.
@@ -42,8 +42,9 @@ def check_startup(config: Config) -> list[str]:
     check_database(config.database_path)
     check_journal(config.journal_dir)
     warnings = check_certificates(config)
-    check_addresses(config)
-    check_ports(config)
+    if binds:  # not under socket activation, where systemd bound the sockets
+        check_addresses(config)
+        check_ports(config)
     return warnings
 
 
@@ -98,7 +99,7 @@ def check_journal(directory: Path) -> None:
 
 def check_certificates(config: Config) -> list[str]:
     """Load the certificate and key as serve does; refuse an expired one, warn of one that ends soon."""
-    if not config["server", "tls_listen"]:
+    if not config["server", "tls_cert"]:  # set without tls_listen only under socket activation
         return []
     files = certificate_files(config)
     build_server_context(files)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Container
 from dataclasses import dataclass
+from datetime import datetime
 
 from dlrd.auth import Credentials
 from dlrd.codes import ReportCode, ReportCodeTable
@@ -47,14 +48,25 @@ ECHO_LIMIT = 64
 _second_text: tuple[int, str] = (-1, "")
 
 
-def received_now() -> str:
+def received_now(now: float | None = None) -> str:
     """Arrival time, UTC with milliseconds, as stored and journaled (the second formatted once per second)."""
     global _second_text
-    now = time.time()
+    if now is None:
+        now = time.time()
     second = int(now)
     if _second_text[0] != second:
         _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
     return f"{_second_text[1]}.{int((now - second) * 1000):03d}Z"
+
+
+def receipt_lag(timestamp: str, arrived: float) -> float:
+    """Seconds from Timestamp1 (normalised to UTC by dlrd.receipt) to `arrived`, for dlrd_receipt_lag_seconds.
+
+    A Timestamp1 later than the arrival means the provider's clock is ahead
+    of ours: counted as 0 (the le="0" bucket), so _sum only grows and
+    rate(_sum)/rate(_count) stays a mean lag.
+    """
+    return max(0.0, arrived - datetime.fromisoformat(timestamp).timestamp())
 
 
 def response_content_type(media_type: str, version: SoapVersion) -> str:
@@ -206,8 +218,9 @@ class ReceiptEndpoint:
     def _store(self, request: Request, envelope: Envelope, admitted: Admitted) -> Response:
         media_type = request.head.media_type
         receipt = admitted.receipt
-        pending = self.store.submit(insert_receipt(receipt, admitted.code, received_now(), request.remote_addr,
-                                                   request.tls_client))
+        arrived = time.time()
+        pending = self.store.submit(insert_receipt(receipt, admitted.code, received_now(arrived),
+                                                   request.remote_addr, request.tls_client))
         late = self._wait(request, envelope, pending)
         if late is not None:
             return late
@@ -217,7 +230,8 @@ class ReceiptEndpoint:
         if stored.duplicate:
             self.metrics.count("dlrd_receipts_duplicate_total")
             return self._answer(media_type, envelope, receipt.message_id, 0, "duplicate of a stored receipt")
-        self.metrics.count("dlrd_receipts_stored_total")
+        self.metrics.count("dlrd_receipts_stored_total", state=admitted.code.state)
+        self.metrics.observe("dlrd_receipt_lag_seconds", receipt_lag(receipt.timestamp, arrived))
         self.last_stored = time.time()
         return self._answer(media_type, envelope, receipt.message_id, 0, "stored")
 

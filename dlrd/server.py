@@ -26,6 +26,7 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
+from dlrd.activation import InheritedSocket
 from dlrd.app import Application
 from dlrd.auth import normalised_address
 from dlrd.config import Address, Config
@@ -139,6 +140,18 @@ class Listener(socketserver.TCPServer):
         self.tls = tls
         super().__init__((host, port), None, bind_and_activate=True)  # type: ignore[arg-type]
 
+    @classmethod
+    def adopt(cls, inherited: InheritedSocket, server: HttpServer) -> Listener:
+        """A listener on a socket systemd bound: TCPServer.__init__ would make a socket of its own, which
+        RestrictAddressFamilies=AF_UNIX forbids, so only BaseServer's part of it runs."""
+        listener = cls.__new__(cls)
+        listener.address_family = inherited.sock.family
+        listener.dlrd = server
+        listener.tls = inherited.tls
+        socketserver.BaseServer.__init__(listener, inherited.sock.getsockname(), None)  # type: ignore[arg-type]
+        listener.socket = inherited.sock
+        return listener
+
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
             # [::]:443 beside 0.0.0.0:443: each family on its own socket, as the ini lists them.
@@ -179,6 +192,7 @@ class RequestHandler(StrictParsing):
     def setup(self) -> None:
         self.wfile = _AnswerWriter(self.request, self.server.request_timeout)  # type: ignore[assignment]
         self.park_until: float | None = None  # set when the connection is to wait in the idle selector
+        self.started = time.monotonic()  # reset as each request begins (handle_one_request)
 
     def finish(self) -> None:
         pass  # the connection outlives this handler: it waits for its next request, or was closed
@@ -246,6 +260,7 @@ class RequestHandler(StrictParsing):
         """Read, serve and answer one request; True when the connection stays open for the next."""
         connection = self.request
         server = self.server
+        self.started = time.monotonic()  # the head's first bytes are here: its duration counts from now
         try:
             self.parse_head_block(connection.read_head(server.request_timeout))
         except HttpError as error:
@@ -322,11 +337,13 @@ class RequestHandler(StrictParsing):
             self._headers_buffer.append(response.body)
         data = b"".join(self._headers_buffer)
         self._headers_buffer = []
-        if server.access_log and head is not None:
-            access_log.info('%s "%s %s HTTP/%d.%d" %d %d', connection.remote_addr, head.method, head.path,
-                            *head.version, response.status, len(response.body))
         try:
             connection.send(data, time.monotonic() + server.request_timeout)
+            seconds = time.monotonic() - self.started
+            server.metrics.observe_request(head, server.app.receipt_paths, response.status, seconds)
+            if server.access_log and head is not None:
+                access_log.info('%s "%s %s HTTP/%d.%d" %d %d %.1fms', connection.remote_addr, head.method,
+                                head.path, *head.version, response.status, len(response.body), seconds * 1000)
         except (DeadlinePassed, ClientGone) as error:
             if isinstance(error, DeadlinePassed):
                 self.server.metrics.count("dlrd_requests_refused_total", status="closed", reason="not-reading")
@@ -375,10 +392,21 @@ def http_date(now: float) -> str:
 class HttpServer:
     """Every listener, the worker pool and the idle selector, and the limits they share."""
 
-    def __init__(self, config: Config, app: Application, metrics: Metrics) -> None:
+    def __init__(self, config: Config, app: Application, metrics: Metrics,
+                 inherited: list[InheritedSocket] | None = None) -> None:
         self.app = app
         self.metrics = metrics
-        self.tls = ServerTls(certificate_files(config)) if config["server", "tls_listen"] else None
+        self.inherited = inherited or []
+        if self.inherited:
+            tls_wanted = any(sock.tls for sock in self.inherited)
+            if tls_wanted and not config["server", "tls_cert"]:
+                names = ", ".join(sock.name for sock in self.inherited if sock.tls)
+                raise StartupError(f"socket activation: the socket unit hands over {names} for HTTPS but "
+                                   "[server] tls_cert is not set; set tls_cert and tls_key, or rename the "
+                                   "socket (FileDescriptorName=http)")
+        else:
+            tls_wanted = bool(config["server", "tls_listen"])
+        self.tls = ServerTls(certificate_files(config)) if tls_wanted else None
         self.tls_listen: list[Address] = config["server", "tls_listen"]
         self.listen: list[Address] = config["server", "listen"]
         self.max_body: int = config["server", "max_body_bytes"]
@@ -406,8 +434,14 @@ class HttpServer:
     # starting and stopping
 
     def start(self) -> None:
-        """Bind every listener or none: a half-started daemon is worse than a refusal."""
-        wanted = [(address, False) for address in self.listen] + [(address, True) for address in self.tls_listen]
+        """Bind every listener or none: a half-started daemon is worse than a refusal.
+
+        Under socket activation the sockets systemd handed over are served
+        instead, and listen and tls_listen are not used.
+        """
+        self._listeners = [Listener.adopt(inherited, self) for inherited in self.inherited]
+        wanted = [] if self.inherited else \
+            [(address, False) for address in self.listen] + [(address, True) for address in self.tls_listen]
         for (host, port), tls in wanted:
             try:
                 for resolved in _resolve(host, port):
@@ -493,7 +527,7 @@ class HttpServer:
             return False
         if self.app.sources.refused_at_accept(address):
             self._refused("allow-from", address, "refused connections from %s at once: not in [auth] allow_from "
-                                                  "or monitor_from")
+                                                  "or [server] monitor_allow_from")
             return False
         reason = self.limits.admit(source_key(address), self._reclaim)
         if reason is None:

@@ -404,7 +404,7 @@ Job = Callable[[sqlite3.Connection], Any]
 
 
 class Pending:
-    """A job's outcome, for the one thread that waits on it: a lock the writer releases.
+    """A job's outcome, for the threads that wait on it (one, but for a health probe): a lock the writer releases.
 
     What concurrent.futures.Future does with a Condition, a list of waiters
     and callbacks, this does with one lock acquired at birth: waiting is
@@ -412,14 +412,13 @@ class Pending:
     Future's bookkeeping cost the request threads more than parsing did.
     """
 
-    __slots__ = ("_finished", "cancelled", "error", "interrupted", "value")
+    __slots__ = ("_finished", "error", "interrupted", "value")
 
     def __init__(self) -> None:
         self._finished = _thread.allocate_lock()
         self._finished.acquire()
         self.value: Any = None
         self.error: BaseException | None = None
-        self.cancelled = False  # cancel(): the waiter gave up and the job is not worth running any more
         self.interrupted = False  # released early by interrupt(): the outcome is not known
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -436,10 +435,6 @@ class Pending:
         if self.error is not None:
             raise self.error
         return self.value
-
-    def cancel(self) -> None:
-        """The waiter gave up on a job that is worth nothing late (a health probe): the writer skips it."""
-        self.cancelled = True
 
     def done(self) -> bool:
         return not self._finished.locked()
@@ -655,10 +650,15 @@ class ReceiptStore:
         self.lock_timeout = lock_timeout
         self.healthy = True
         self.journal_writable = True
+        self.journal_error = ""  # why it is not, for /healthz
         # Plain ints, written only by the writer thread and read by /metrics:
         # commits / committed_jobs is the mean group-commit batch size.
         self.commits = 0
         self.committed_jobs = 0
+        self.on_commit: Callable[[int], None] | None = None  # told each committed batch's size (metrics)
+        # What /healthz answers from (dlrd.health), also written only by the writer thread:
+        self.last_commit_at = 0.0  # time.monotonic() of the last commit
+        self.busy_since: float | None = None  # when the batch in hand began; None while the writer waits
         self.quarantine_budget = QuarantineBudget(quarantine_max_bytes)
         self._database_file: DatabaseFile | None = None
         self._wal_path = Path(f"{database}-wal")
@@ -748,8 +748,7 @@ class ReceiptStore:
         """From any thread: queue a job for the writer; its Pending finishes after its transaction committed.
 
         The job runs even if nobody waits for it any more (a receipt answered
-        503 at commit_timeout is still kept when its commit completes),
-        unless its Pending was cancelled before the writer reached it.
+        503 at commit_timeout is still kept when its commit completes).
         """
         return self._enqueue(job, transactional=True)
 
@@ -771,6 +770,11 @@ class ReceiptStore:
         """Close and reopen receipts.jsonl between two batches (after an external logrotate moved it),
         taking new fsync and rotation settings when given (SIGHUP re-read the config)."""
         return self._enqueue(lambda: self._reopen_journal(fsync, rotation), transactional=False)
+
+    @property
+    def condition(self) -> StorageCondition | None:
+        """Why the last transaction could not commit; None once one commits again."""
+        return self._condition
 
     def writer_alive(self) -> bool:
         """False once the writer thread died: the watchdog then stops feeding systemd."""
@@ -802,6 +806,7 @@ class ReceiptStore:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+            self.busy_since = time.monotonic()
             try:
                 if self._closing and self._condition is not None:
                     # Each batch would wait out lock_timeout again; the stop must not take that long.
@@ -813,6 +818,7 @@ class ReceiptStore:
                 for _work, pending, _transactional in batch:
                     if not pending.done():
                         pending.set_exception(StorageUnavailable("internal error in the writer"))
+            self.busy_since = None
             if item is None:
                 return
 
@@ -827,8 +833,7 @@ class ReceiptStore:
             pending.set_exception(error)
 
     def _process(self, batch: list[_Work]) -> None:
-        jobs = [(work, pending) for work, pending, transactional in batch
-                if transactional and not pending.cancelled]  # a probe past its deadline is skipped
+        jobs = [(work, pending) for work, pending, transactional in batch if transactional]
         # Refused requests kept for replay commit in a transaction of their own: one that fails
         # (the disk full) must not fail the receipts beside it.
         receipts = [job for job in jobs if type(job[0]) is not QuarantineInsert]
@@ -843,8 +848,6 @@ class ReceiptStore:
                     pending.set_result(work())
                 except Exception as error:
                     pending.set_exception(error)
-            elif pending.cancelled:
-                pending.set_exception(StorageUnavailable("cancelled"))
 
     def _commit(self, batch: list[tuple[Job, Pending]]) -> None:
         """One transaction for the whole batch, then the journal, then the waiters: 200 follows commit.
@@ -880,6 +883,9 @@ class ReceiptStore:
             return
         self.commits += 1
         self.committed_jobs += len(batch)
+        self.last_commit_at = time.monotonic()
+        if self.on_commit is not None:
+            self.on_commit(len(batch))
         self._recover()
         new = [result for result in results if isinstance(result, StoredReceipt) and not result.duplicate]
         if new and self.journal_writable and new[0].id == self._journaled_id + 1 \
@@ -1093,6 +1099,7 @@ class ReceiptStore:
                 log.error("cannot write the journal %s: %s; receipts are safe in the database and will be "
                           "appended once it is writable", self.journal.path, error)
             self.journal_writable = False
+            self.journal_error = str(error)
             return
         if not self.journal_writable:
             log.warning("the journal %s is writable again; appended the %d receipt(s) held back",

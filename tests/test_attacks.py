@@ -115,9 +115,9 @@ def test_silent_sockets_from_one_host_cannot_take_the_providers_connections(daem
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
-def test_a_host_outside_allow_from_and_monitor_from_is_closed_as_it_connects(daemon_factory, pki, scheme):
+def test_a_host_outside_allow_from_and_monitor_allow_from_is_closed_as_it_connects(daemon_factory, pki, scheme):
     daemon = tls_daemon(daemon_factory, pki, "request_timeout = 30\nmax_connections = 256\n"
-                        "max_connections_per_source = 256", "allow_from = 127.0.0.1\nmonitor_from = 127.0.0.1")
+                        "max_connections_per_source = 256\nmonitor_allow_from = 127.0.0.1", "allow_from = 127.0.0.1")
     address = https_address(daemon) if scheme == "https" else daemon.address
     with ExitStack() as stack:
         attackers = silent_sockets(address, SILENT, ATTACKER)
