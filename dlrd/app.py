@@ -31,7 +31,7 @@ class Application:
         self.max_body = config["server", "max_body_bytes"]
         self.sources = source_policy(config)
         self.store = store
-        self.health = HealthCheck(store)
+        self.health = HealthCheck(store, metrics)
         self.receipts = receipts
         self.metrics = metrics
         self.refusals = LogLimiter(log)

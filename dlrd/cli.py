@@ -134,7 +134,8 @@ def _run(args: argparse.Namespace) -> int:
     if command == "check-config" and args.example:
         sys.stdout.write(render_example())
         return EXIT_OK
-    config = load_config(args.config or default_config_path(), read_pin=command not in READS_NO_PIN)
+    config = load_config(args.config or default_config_path(), read_pin=command not in READS_NO_PIN,
+                         serving=command == "serve")
     if command == "check-config":
         return _check_config(config)
     if command == "serve":

@@ -285,11 +285,14 @@ def default_config_path(environ: dict[str, str] | None = None) -> str | None:
     return env.get(CONFIG_ENV) or None
 
 
-def load_config(path: str | None, environ: dict[str, str] | None = None, read_pin: bool = True) -> Config:
+def load_config(path: str | None, environ: dict[str, str] | None = None, read_pin: bool = True,
+                serving: bool = False) -> Config:
     """Read, validate and complete a configuration; raise ConfigError on the first problem.
 
     read_pin=False leaves pin_file and pin_credential unread, for the
-    commands a reader may run without access to the PIN.
+    commands a reader may run without access to the PIN. serving=True is
+    serve's (and SIGHUP's) reading, the one where listeners must add up;
+    the other commands get a warning instead (see _check_combinations).
     """
     env = dict(os.environ if environ is None else environ)
     label = path or "built-in defaults"
@@ -340,7 +343,7 @@ def load_config(path: str | None, environ: dict[str, str] | None = None, read_pi
             codes[code.code] = code
 
     _complete_paths(values, env)
-    _check_combinations(values, label, socket_activated(env))
+    _check_combinations(values, label, socket_activated(env), serving, warnings)
     if read_pin:
         _resolve_pin(values, label, env, warnings)
     if path and parser.get("auth", "pin", fallback="").strip() and (readers := _other_readers(Path(path))):
@@ -375,19 +378,33 @@ def _complete_paths(values: dict[tuple[str, str], Any], env: dict[str, str]) -> 
         values["journal", "directory"] = logs_dir
 
 
-def _check_combinations(values: dict[tuple[str, str], Any], label: str, activated: bool) -> None:
-    """Refuse settings that contradict each other. Under socket activation the socket unit says where dlrd
-    listens, so empty listen and tls_listen are fine there, and the certificate goes with its https socket."""
-    if not values["server", "listen"] and not values["server", "tls_listen"] and not activated:
-        raise ConfigError(f"{label} [server] listen: empty and tls_listen is empty too, so dlrd would listen "
-                          "nowhere; give a host:port")
+def _check_combinations(values: dict[tuple[str, str], Any], label: str, activated: bool, serving: bool,
+                        warnings: list[str]) -> None:
+    """Refuse settings that contradict each other.
+
+    Under socket activation the socket unit says where dlrd listens, so an
+    empty listen and tls_listen are fine there, and the certificate goes
+    with its https socket. check-config, query and the other commands run
+    from a shell, without systemd's variables, on the very ini the
+    socket-activated unit reads: for them those two are warnings.
+    """
+    def listeners_contradict(text: str) -> None:
+        if activated:
+            return
+        if serving:
+            raise ConfigError(text)
+        warnings.append(f"{text} (unless systemd/dlrd.socket hands dlrd its sockets)")
+
+    if not values["server", "listen"] and not values["server", "tls_listen"]:
+        listeners_contradict(f"{label} [server] listen: empty and tls_listen is empty too, so dlrd would listen "
+                             "nowhere; give a host:port")
     if values["server", "tls_listen"] and not values["server", "tls_cert"]:
         raise ConfigError(f"{label} [server] tls_cert: tls_listen is set, so a certificate is needed "
                           "(certbot: /etc/letsencrypt/live/<name>/fullchain.pem)")
     for key in ("tls_cert", "tls_key", "tls_client_ca"):
-        if values["server", key] and not values["server", "tls_listen"] and not activated:
-            raise ConfigError(f"{label} [server] {key}: set, but tls_listen is empty so HTTPS is off; "
-                              "set tls_listen or remove it")
+        if values["server", key] and not values["server", "tls_listen"]:
+            listeners_contradict(f"{label} [server] {key}: set, but tls_listen is empty so HTTPS is off; "
+                                 "set tls_listen or remove it")
     both = {address for address in values["server", "listen"] if address[1]} & set(values["server", "tls_listen"])
     if both:
         host, port = sorted(both)[0]

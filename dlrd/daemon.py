@@ -39,6 +39,7 @@ RESTART_ONLY = (
     ("server", "max_body_bytes"), ("server", "request_timeout"), ("storage", "database"),
     ("storage", "synchronous"), ("storage", "lock_timeout"), ("journal", "directory"),
 )
+LISTENERS = (("server", "listen"), ("server", "tls_listen"))
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 JOURNAL_REOPEN_SECONDS = 30.0
 REOPEN_POLL_SECONDS = 0.05
@@ -83,7 +84,7 @@ class JournaldFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         priority = self.PRIORITIES.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)
-        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).split("\n"))
 
 
 class Daemon:
@@ -118,7 +119,7 @@ class Daemon:
         except BaseException:
             instance.release()
             raise
-        metrics.gauges["dlrd_storage_healthy"] = lambda: float(store.healthy)
+        metrics.gauges["dlrd_storage_healthy"] = lambda: float(self.app.health.storage_ready())
         metrics.gauges["dlrd_journal_writable"] = lambda: float(store.journal_writable)
         metrics.gauges["dlrd_commits_total"] = lambda: store.commits
         metrics.gauges["dlrd_committed_jobs_total"] = lambda: store.committed_jobs
@@ -226,12 +227,13 @@ class Daemon:
         log.info("SIGHUP: re-reading %s, reloading the certificate, reopening the journal",
                  config.source or "the built-in defaults")
         try:
-            fresh = load_config(config.source)
+            fresh = load_config(config.source, serving=True)
         except ConfigError as error:
             log.error("SIGHUP: %s; keeping the running configuration", error)
         else:
+            ignored = LISTENERS if self.server.inherited else ()  # systemd's sockets, whatever the ini says
             changed = [f"[{section}] {name}" for section, name in RESTART_ONLY
-                       if fresh[section, name] != config[section, name]]
+                       if fresh[section, name] != config[section, name] and (section, name) not in ignored]
             if changed:
                 log.warning("SIGHUP: %s changed; restart dlrd to apply", ", ".join(changed))
             logging.getLogger().setLevel(fresh["log", "level"].upper())

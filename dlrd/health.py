@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 
+from dlrd.metrics import Metrics
 from dlrd.store import Pending, ReceiptStore, probe_write
 
 PROBE_SECONDS = 1.0  # a commit this recent needs no probe; probes start this far apart at most
@@ -25,11 +26,20 @@ STUCK_SECONDS = 1.0  # a batch in hand for longer than this is storage that cann
 class HealthCheck:
     """The writer's state as (status, reason); thread-safe, polled from any number of request threads."""
 
-    def __init__(self, store: ReceiptStore) -> None:
+    def __init__(self, store: ReceiptStore, metrics: Metrics) -> None:
         self.store = store
+        self.metrics = metrics
         self._lock = threading.Lock()
         self._probe: Pending | None = None
         self._probe_started = -PROBE_SECONDS
+
+    def storage_ready(self) -> bool:
+        """What dlrd_storage_healthy says, from the writer's state alone (no probe): the last transaction
+        committed, the writer runs, and no batch is stuck; the README's alert rule watches it."""
+        store = self.store
+        busy_since = store.busy_since
+        return (store.condition is None and store.writer_alive()
+                and (busy_since is None or time.monotonic() - busy_since <= STUCK_SECONDS))
 
     def answer(self) -> tuple[int, str]:
         """200 with "ok" and what is worth knowing, or 503 with why the daemon cannot store receipts now."""
@@ -63,6 +73,7 @@ class HealthCheck:
             if probe is None or (probe.done() and now - self._probe_started >= PROBE_SECONDS):
                 self._probe_started = now
                 probe = self._probe = self.store.submit(probe_write)
+                self.metrics.count("dlrd_health_probes_total")
             return probe, self._probe_started
 
     def _ok(self) -> tuple[int, str]:

@@ -179,6 +179,9 @@ class JournalWriter:
         self.rotated = RotatedFiles(directory, self.rotation)
         self._file: Any = None
         self._watch: RenameWatch | None = None
+        # Told each time receipts.jsonl is opened anew (a rotation, dlrd's or logrotate's): what went into the
+        # file before is safe under its new name, which the store's deleted-file rewind must not go back past.
+        self.on_open: Callable[[], None] | None = None
         self._next_rollover: float | None = None
         self._last_stamp = 0
         self._repair_size: int | None = None
@@ -240,8 +243,7 @@ class JournalWriter:
         if self._file is None:
             self._open_file()  # a rotation renamed the file but could not open the new one
         self._write(data)
-        if self._renamed_before_the_write():
-            self._follow_rename(again=True)
+        if self._renamed_before_the_write() and self._follow_rename(again=True):
             if self._file is None:
                 self._open_file()
             self._write(data)
@@ -389,10 +391,13 @@ class JournalWriter:
             return False
         return (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino)
 
-    def _follow_rename(self, again: bool = False) -> None:
-        """Reopen receipts.jsonl by name when it was renamed away (an external logrotate), not waiting for SIGHUP."""
+    def _follow_rename(self, again: bool = False) -> bool:
+        """Reopen receipts.jsonl by name when it was renamed away (an external logrotate), not waiting for SIGHUP.
+
+        False when it was not: a rename away and back, whose event is still queued, leaves nothing to follow.
+        """
         if not self.renamed_away():
-            return
+            return False
         moved_to = self._current_name()
         if again:
             log.info("the journal %s was renamed%s while a batch was written to it; writing that batch again "
@@ -402,6 +407,7 @@ class JournalWriter:
             log.info("the journal %s was renamed%s (a logrotate); followed the rotation: appending to a new %s",
                      self.path, moved_to, JOURNAL_NAME)
         self.reopen()
+        return True
 
     def _current_name(self) -> str:
         """' to <path>' where the open file now is (Linux /proc), or '' when that cannot be known."""
@@ -424,6 +430,8 @@ class JournalWriter:
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open across calls)
         self._watch = RenameWatch.of(self._file.fileno())
         self._repair_size = None
+        if self.on_open is not None:
+            self.on_open()
         self._size = os.fstat(self._file.fileno()).st_size
         stamps = [_stamp_of(path.name) or 0 for path in rotated_files(self.directory)]
         self._last_stamp = max([self._last_stamp, *stamps])
@@ -498,6 +506,7 @@ class RenameWatch:
     """
 
     _libc: Any = None
+    _said_unavailable = False
 
     def __init__(self, descriptor: int) -> None:
         self.descriptor = descriptor
@@ -511,16 +520,25 @@ class RenameWatch:
             if cls._libc is None:
                 cls._libc = ctypes.CDLL(None, use_errno=True)
             descriptor = cls._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-        except (OSError, AttributeError):
-            return None
+        except (OSError, AttributeError) as error:
+            return cls._unavailable(str(error))
         if descriptor < 0:
-            return None
+            return cls._unavailable(os.strerror(ctypes.get_errno()))
         watched = cls._libc.inotify_add_watch(descriptor, f"/proc/self/fd/{file_descriptor}".encode(),
                                               IN_MODIFY | IN_MOVE_SELF)
         if watched < 0:
+            reason = os.strerror(ctypes.get_errno())
             os.close(descriptor)
-            return None
+            return cls._unavailable(reason)
         return cls(descriptor)
+
+    @classmethod
+    def _unavailable(cls, reason: str) -> None:
+        """No watch: said once (fs.inotify.max_user_instances reached, say), since it makes repeats likelier."""
+        if not cls._said_unavailable:
+            cls._said_unavailable = True
+            log.info("no inotify watch on the journal (%s); an external rotation is judged by stat alone, so a "
+                     "batch written just as logrotate renames the file may be written to both files", reason)
 
     def events(self) -> list[int]:
         """The events queued since the last call, oldest first: IN_MODIFY or IN_MOVE_SELF each."""

@@ -43,11 +43,14 @@ METRIC_HELP = {
     "dlrd_tls_certificate_expiry_timestamp_seconds": ("gauge", "Unix time when the served certificate expires."),
     "dlrd_storage_failures_total": ("counter", "Receipts answered 503 because the database could not commit."),
     "dlrd_connections_open": ("gauge", "Client connections open now."),
-    "dlrd_storage_healthy": ("gauge", "1 when the last database transaction committed, else 0."),
+    "dlrd_storage_healthy": ("gauge", "1 when the last database transaction committed, the writer runs and no "
+                             "transaction has been stuck for a second; else 0 (and /healthz says why)."),
+    "dlrd_health_probes_total": ("counter", "Probe transactions /healthz ran, one a second at most however many "
+                                 "monitors poll; not in dlrd_commits_total."),
     "dlrd_commits_total": ("counter", "Write transactions committed; each holds every receipt queued meanwhile."),
-    "dlrd_committed_jobs_total": ("counter", "Receipts, quarantined requests and health probes those transactions "
+    "dlrd_committed_jobs_total": ("counter", "Receipts and quarantined requests those transactions "
                                   "held; divided by dlrd_commits_total, the mean group-commit batch size."),
-    "dlrd_commit_batch_size": ("histogram", "Jobs (receipts, quarantined requests, health probes) per committed "
+    "dlrd_commit_batch_size": ("histogram", "Jobs (receipts, quarantined requests) per committed "
                                "write transaction: how much group commit is saving."),
     "dlrd_journal_writable": ("gauge", "0 while receipts.jsonl cannot be written; the lines follow once it can."),
     "dlrd_last_receipt_timestamp_seconds": ("gauge", "Unix time of the last stored receipt; silence is an alarm."),

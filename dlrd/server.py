@@ -337,15 +337,20 @@ class RequestHandler(StrictParsing):
             self._headers_buffer.append(response.body)
         data = b"".join(self._headers_buffer)
         self._headers_buffer = []
+        undelivered: DeadlinePassed | ClientGone | None = None
         try:
             connection.send(data, time.monotonic() + server.request_timeout)
-            seconds = time.monotonic() - self.started
-            server.metrics.observe_request(head, server.app.receipt_paths, response.status, seconds)
-            if server.access_log and head is not None:
-                access_log.info('%s "%s %s HTTP/%d.%d" %d %d %.1fms', connection.remote_addr, head.method,
-                                head.path, *head.version, response.status, len(response.body), seconds * 1000)
         except (DeadlinePassed, ClientGone) as error:
-            if isinstance(error, DeadlinePassed):
+            undelivered = error
+        seconds = time.monotonic() - self.started
+        server.metrics.observe_request(head, server.app.receipt_paths, response.status, seconds)
+        if server.access_log and head is not None:
+            # Logged whether or not the client took it: a provider that says it got no answer is looked up here.
+            access_log.info('%s "%s %s HTTP/%d.%d" %d %d %.1fms%s', connection.remote_addr, head.method, head.path,
+                            *head.version, response.status, len(response.body), seconds * 1000,
+                            "" if undelivered is None else " (not delivered: the client left)")
+        if undelivered is not None:
+            if isinstance(undelivered, DeadlinePassed):
                 self.server.metrics.count("dlrd_requests_refused_total", status="closed", reason="not-reading")
                 server.refusals.log(logging.INFO, "closes of clients that did not take their answer",
                                     "closed the connection of %s: it did not take its answer within "

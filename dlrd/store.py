@@ -648,7 +648,6 @@ class ReceiptStore:
         self.journal = journal
         self.synchronous = synchronous
         self.lock_timeout = lock_timeout
-        self.healthy = True
         self.journal_writable = True
         self.journal_error = ""  # why it is not, for /healthz
         # Plain ints, written only by the writer thread and read by /metrics:
@@ -689,6 +688,7 @@ class ReceiptStore:
             self._database_file = DatabaseFile(self.database)
             self.quarantine_budget.count(self._connection)
             position = self._connection.execute("SELECT last_id FROM journal_position").fetchone()[0]
+            self.journal.on_open = self._journal_opened
             self.journal.open()
             # The files' last line and the position each may be the further: a power cut can take lines the
             # files showed (fsync = no), never lines the position counts, and an external logrotate moves
@@ -881,11 +881,13 @@ class ReceiptStore:
         if lost is not None:
             self._refuse_batch(batch, lost)
             return
-        self.commits += 1
-        self.committed_jobs += len(batch)
         self.last_commit_at = time.monotonic()
-        if self.on_commit is not None:
-            self.on_commit(len(batch))
+        held = sum(job is not probe_write for job, _pending in batch)  # a health probe is no work done
+        if held:
+            self.commits += 1
+            self.committed_jobs += held
+            if self.on_commit is not None:
+                self.on_commit(held)
         self._recover()
         new = [result for result in results if isinstance(result, StoredReceipt) and not result.duplicate]
         if new and self.journal_writable and new[0].id == self._journaled_id + 1 \
@@ -1021,6 +1023,10 @@ class ReceiptStore:
         if floor and any(isinstance(result, StoredReceipt) and not result.duplicate for result in results):
             self._id_floor = 0  # a stored receipt now holds the largest id itself
         return results
+
+    def _journal_opened(self) -> None:
+        """A new receipts.jsonl (a rotation): the lines so far are safe in the old file, under its new name."""
+        self._linked_id = self._journaled_id
 
     def _rewind_if_journal_deleted(self) -> bool:
         """True when receipts.jsonl was deleted while open; the caller reopens it.
@@ -1180,7 +1186,6 @@ class ReceiptStore:
 
     def _fail(self, condition: StorageCondition) -> None:
         """Log a failure once per condition; one that keeps coming back is logged once per RELAPSE_SECONDS."""
-        self.healthy = False
         now = time.monotonic()
         if self._condition is not None and condition.kind == self._condition.kind:
             if self._silent and now - self._logged_at >= RELAPSE_SECONDS:
@@ -1200,7 +1205,6 @@ class ReceiptStore:
         self._logged_kind, self._logged_at, self._relapses, self._silent = condition.kind, now, 0, False
 
     def _recover(self) -> None:
-        self.healthy = True
         if self._condition is not None:
             if not self._silent:
                 log.warning("storage commits again after: %s", self._condition.text)

@@ -10,10 +10,12 @@ import gzip
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import urllib.request
 from collections.abc import Iterator
@@ -200,3 +202,12 @@ def module_daemon(tmp_path_factory) -> Iterator[Daemon]:
     if daemon.process is not None:
         code = daemon.stop()
         assert code == 0, f"dlrd exited {code} on SIGTERM:\n{daemon.log()}"
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory under /tmp that other users may enter (pytest's tmp_path is root's alone), removed after."""
+    directory = Path(tempfile.mkdtemp(prefix="dlrd-shared-", dir="/tmp"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)

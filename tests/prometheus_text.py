@@ -151,7 +151,7 @@ def _comment(line: str, families: dict[str, Family], closed: set[str], current: 
     if keyword == "HELP":
         if family.help is not None:
             raise ValueError(f"second # HELP for {name}")
-        family.help = _unescape(parts[3] if len(parts) == 4 else "", _HELP_ESCAPES)
+        family.help = _unescape(parts[3] if len(parts) == 4 else "", _HELP_ESCAPES)[0]
     else:
         if family.kind is not None:
             raise ValueError(f"second # TYPE for {name}")
@@ -282,35 +282,29 @@ def _label_set(line: str, position: int) -> tuple[dict[str, str], int]:
 
 
 def _label_value(line: str, position: int) -> tuple[str, int]:
-    out = []
-    while position < len(line):
-        char = line[position]
-        if char == '"':
-            return "".join(out), position + 1
-        if char == "\\":
-            escaped = line[position + 1: position + 2]
-            if escaped not in _LABEL_ESCAPES:
-                raise ValueError(f"bad escape \\{escaped} in a label value")
-            out.append(_LABEL_ESCAPES[escaped])
-            position += 2
-            continue
-        out.append(char)
-        position += 1
-    raise ValueError("unterminated label value")
+    """The label value starting at `position` (after its opening quote), and the position past its closing one."""
+    value, end = _unescape(line[position:], _LABEL_ESCAPES, "a label value", stop='"')
+    if end is None:
+        raise ValueError("unterminated label value")
+    return value, position + end + 1
 
 
-def _unescape(text: str, escapes: dict[str, str]) -> str:
+def _unescape(text: str, escapes: dict[str, str], what: str = "a HELP text",
+              stop: str | None = None) -> tuple[str, int | None]:
+    """`text` with its escapes resolved, up to the first unescaped `stop` (its index; None if not met)."""
     out = []
     position = 0
     while position < len(text):
         char = text[position]
+        if char == stop:
+            return "".join(out), position
         if char == "\\":
             escaped = text[position + 1: position + 2]
             if escaped not in escapes:
-                raise ValueError(f"bad escape \\{escaped} in a HELP text")
+                raise ValueError(f"bad escape \\{escaped} in {what}")
             out.append(escapes[escaped])
             position += 2
             continue
         out.append(char)
         position += 1
-    return "".join(out)
+    return "".join(out), None

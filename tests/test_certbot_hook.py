@@ -179,9 +179,22 @@ def test_another_certificate_is_left_alone(site: Site) -> None:
 
 
 def test_another_certificate_creates_nothing(site: Site) -> None:
+    site.lineage(DOMAIN)  # dlrd's certificate exists, it is just not the one renewed now
     result = site.run(site.lineage(OTHER_DOMAIN))
 
     assert result.returncode == 0, result.stderr
+    assert not site.tls.exists()
+
+
+def test_a_misspelt_certificate_name_fails_the_hook_instead_of_letting_the_certificate_expire(site: Site) -> None:
+    """certbot reports a failing hook; one that said "not mine" for every renewal would hide the typo for ever."""
+    site.write_config(cert_name="reciepts.example.com")
+    site.lineage(DOMAIN)
+
+    result = site.run(site.lineage(DOMAIN))
+
+    assert result.returncode == 1
+    assert "reciepts.example.com" in result.stderr and "fix DLRD_CERT_NAME" in result.stderr
     assert not site.tls.exists()
 
 
@@ -316,8 +329,22 @@ def test_the_readme_config_line_drives_the_hook(site: Site) -> None:
     with site.config.open("a") as config:
         config.write(f"DLRD_TLS_DIR={site.tls}\nDLRD_USER={site.account.user}\nDLRD_GROUP={site.account.group}\n")
 
+    dlrds = site.lineage(domain)
     assert site.run(site.lineage(OTHER_DOMAIN)).returncode == 0
     assert not site.tls.exists()
-    result = site.run(site.lineage(domain))
+    result = site.run(dlrds)
     assert result.returncode == 0, result.stderr
     assert set(site.installed()) == {"fullchain.pem", "privkey.pem"}
+
+
+def test_a_symlinked_config_is_refused_with_what_to_do(site: Site) -> None:
+    """find's permission check would judge the link (0777), and chmod cannot change that: say what it is."""
+    real = site.base / "certbot.conf.real"
+    site.config.rename(real)
+    site.config.symlink_to(real)
+
+    result = site.run(site.lineage(DOMAIN))
+
+    assert result.returncode == 1
+    assert "is a symbolic link" in result.stderr
+    assert not site.tls.exists()

@@ -19,8 +19,6 @@ import sqlite3
 import ssl
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -94,15 +92,6 @@ def write_ini(directory: Path, data: Path, journal: Path | None = None, extra: s
                    f"[journal]\ndirectory = {journal or data}\n")
     ini.chmod(0o644)
     return ini
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory under /tmp that nobody can enter (pytest's tmp_path is root-only), removed afterwards."""
-    directory = Path(tempfile.mkdtemp(prefix="dlrd-check-config-", dir="/tmp"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory)
 
 
 def directory_of(parent: Path, name: str, writable: bool) -> Path:

@@ -30,15 +30,16 @@ def health(daemon, timeout: float = 10) -> tuple[int, str, float]:
         return error.code, error.read().decode(), time.monotonic() - started
 
 
-def commits(daemon) -> int:
+def counter(daemon, name: str) -> int:
     with urllib.request.urlopen(daemon.urls[0] + "/metrics", timeout=10) as answer:
         text = answer.read().decode()
-    return int(float(re.search(r"^dlrd_commits_total (\S+)$", text, re.M).group(1)))
+    return int(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
 
 
 def test_many_monitors_polling_cost_at_most_one_probe_transaction_a_second(daemon_factory):
     daemon = daemon_factory()
-    before = commits(daemon)
+    before = counter(daemon, "dlrd_health_probes_total")
+    commits = counter(daemon, "dlrd_commits_total")
     started = time.monotonic()
     answers: list[tuple[int, str, float]] = []
 
@@ -52,7 +53,8 @@ def test_many_monitors_polling_cost_at_most_one_probe_transaction_a_second(daemo
     for poller in pollers:
         poller.join()
     elapsed = time.monotonic() - started
-    probes = commits(daemon) - before
+    probes = counter(daemon, "dlrd_health_probes_total") - before
+    assert counter(daemon, "dlrd_commits_total") == commits, "a probe is not a commit of work"
     assert len(answers) > 50, "the pollers were too slow to prove anything"
     assert all(status == 200 and body == "ok\n" for status, body, _ in answers)
     assert 1 <= probes <= elapsed + 1, f"{probes} probe transactions for {len(answers)} polls in {elapsed:.1f} s"
@@ -62,9 +64,9 @@ def test_a_recent_commit_is_answer_enough(daemon_factory):
     """Receipts flowing prove the database writable: no probe is added while they do."""
     daemon = daemon_factory()
     assert soap_report(post(daemon.address, receipt_body("HEALTH1"))) == 0
-    before = commits(daemon)
+    before = counter(daemon, "dlrd_health_probes_total")
     assert health(daemon)[:2] == (200, "ok\n")
-    assert commits(daemon) == before
+    assert counter(daemon, "dlrd_health_probes_total") == before
 
 
 def test_under_a_held_write_lock_every_poll_answers_503_within_a_second_with_the_reason(daemon_factory):
@@ -129,3 +131,21 @@ def test_both_names_at_once_is_refused(tmp_path):
     ini.write_text("[server]\nmonitor_allow_from = 10.0.0.0/8\n[auth]\nmonitor_from = 10.0.0.0/8\n")
     with pytest.raises(ConfigError, match=r"old name of \[server\] monitor_allow_from"):
         load_config(str(ini))
+
+
+def test_a_writer_stuck_behind_a_lock_turns_the_storage_metric_to_0_as_healthz_turns_503(daemon_factory):
+    """The README's DlrdStorageUnhealthy alert watches dlrd_storage_healthy: it must not say 1 while receipts wait."""
+    daemon = daemon_factory("[storage]\nlock_timeout = 30\ncommit_timeout = 30\n")
+    holder = sqlite3.connect(daemon.data / "dlrd.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    waiting = threading.Thread(target=post, args=(daemon.address, receipt_body("STUCK1")), kwargs={"timeout": 60})
+    try:
+        waiting.start()
+        wait_for(lambda: "has waited" in health(daemon)[1], 10, "the writer to be stuck on the receipt")
+        assert counter(daemon, "dlrd_storage_healthy") == 0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        waiting.join(60)
+    wait_for(lambda: counter(daemon, "dlrd_storage_healthy") == 1, 10, "the metric back at 1")
+    assert [row["message_id"] for row in daemon.rows("SELECT message_id FROM receipts")] == ["STUCK1"]

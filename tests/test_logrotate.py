@@ -77,6 +77,48 @@ def test_a_rename_between_two_appends_sends_the_second_batch_to_a_new_file(tmp_p
     assert sum("followed the rotation" in record.getMessage() for record in caplog.records) == 2
 
 
+def test_a_rename_away_and_back_writes_the_batch_once(tmp_path):
+    """Its rename event is still queued at the next write; with nothing to follow, nothing is written twice."""
+    writer = JournalWriter(tmp_path)
+    writer.open()
+    try:
+        writer.append([b'{"id":1}\n'])
+        os.rename(tmp_path / "receipts.jsonl", tmp_path / "aside")
+        os.rename(tmp_path / "aside", tmp_path / "receipts.jsonl")
+        writer.append([b'{"id":2}\n'])
+    finally:
+        writer.close()
+    assert (tmp_path / "receipts.jsonl").read_bytes() == b'{"id":1}\n{"id":2}\n'
+
+
+def test_a_followed_rotation_is_not_appended_again_when_the_new_file_is_deleted(daemon_factory):
+    """What went into the renamed file is safe there: the deleted-file rewind goes back to the rotation, no further."""
+    daemon = daemon_factory()
+    journal = daemon.data / "receipts.jsonl"
+    assert soap_report(daemon_post(daemon, "ROTA")) == 0
+    os.rename(journal, daemon.data / "receipts.jsonl.1")
+    assert soap_report(daemon_post(daemon, "ROTB")) == 0
+    journal.unlink()
+    sent = []
+
+    def journal_back() -> bool:
+        # The deletion is checked once a second, at a commit: keep receipts coming until it is noticed.
+        sent.append(f"ROTC{len(sent)}")
+        assert soap_report(daemon_post(daemon, sent[-1])) == 0
+        return journal.exists()
+
+    wait_for(journal_back, 10, "the journal to be made again")
+    assert [json.loads(line)["message_id"] for line in (daemon.data / "receipts.jsonl.1").read_text().splitlines()] \
+        == ["ROTA"]
+    assert [line["message_id"] for line in daemon.journal()] == ["ROTB", *sent]
+
+
+def daemon_post(daemon, message_id: str):
+    from wire import post
+
+    return post(daemon.address, receipt_body(message_id))
+
+
 def test_a_deleted_journal_is_left_to_the_store_which_appends_again_what_went_into_it(tmp_path):
     writer = JournalWriter(tmp_path)
     writer.open()

@@ -95,3 +95,38 @@ def test_the_pin_appears_in_no_log_line_in_either_format(tmp_path):
         log = daemon.log()
         assert "authentication failed" in log
         assert SEED_PIN not in log and "WRONG.pin9" not in log, log
+
+
+def test_an_answer_the_client_never_took_still_has_its_access_line(daemon_factory):
+    """The provider says it got no answer: the access log must show what dlrd answered, and that it was not taken."""
+    import socket
+    import sqlite3
+    import struct
+    import urllib.error
+    import urllib.request
+
+    def healthz() -> str:
+        try:
+            with urllib.request.urlopen(daemon.urls[0] + "/healthz", timeout=10) as answer:
+                return answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.read().decode()
+
+    daemon = daemon_factory("[storage]\nlock_timeout = 30\ncommit_timeout = 30\n[log]\naccess_log = yes\n")
+    holder = sqlite3.connect(daemon.data / "dlrd.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    body = receipt_body("GONE1")
+    client = socket.create_connection(daemon.address, timeout=10)
+    try:
+        client.sendall(b"POST / HTTP/1.1\r\nHost: r\r\nContent-Type: text/soap\r\nContent-Length: %d\r\n\r\n%s"
+                       % (len(body), body))
+        wait_for(lambda: "has waited" in healthz(), 10, "the receipt to wait in the writer's hands")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # a reset: the provider gave up
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    wait_for(lambda: '"POST / HTTP/1.1" 200' in daemon.log(), 20, "the access line")
+    [line] = [line for line in daemon.log().splitlines() if '"POST / HTTP/1.1" 200' in line]
+    assert line.endswith("(not delivered: the client left)"), line
+    assert [row["message_id"] for row in daemon.rows("SELECT message_id FROM receipts")] == ["GONE1"]

@@ -26,7 +26,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -162,23 +161,14 @@ def assert_files_have_the_units_modes(state: Path, logs: Path, umask: int) -> No
         assert mode(path) == expected, f"{path.name} is {mode(path):04o}, not {expected:04o}"
 
 
-@pytest.fixture
-def shared_root() -> Iterator[Path]:
-    """A root directory under /tmp that other users may enter (pytest's tmp_path is root's alone)."""
-    directory = Path(tempfile.mkdtemp(prefix="dlrd-permissions-", dir="/tmp"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory)
-
-
-def test_dlrds_files_get_the_units_modes(shared_root: Path) -> None:
+def test_dlrds_files_get_the_units_modes(shared_dir: Path) -> None:
     umask, state_mode, logs_mode = unit_modes()
-    state, logs = shared_root / "var-lib-dlrd", shared_root / "var-log-dlrd"
+    state, logs = shared_dir / "var-lib-dlrd", shared_dir / "var-log-dlrd"
     state.mkdir(mode=state_mode)
     logs.mkdir(mode=logs_mode)
     state.chmod(state_mode)  # mkdir's mode passes through the test's own umask
     logs.chmod(logs_mode)
-    daemon = start_receiving(shared_root / "run", state, logs, umask)
+    daemon = start_receiving(shared_dir / "run", state, logs, umask)
     try:
         post_receipts(daemon, logs)
         assert_files_have_the_units_modes(state, logs, umask)
@@ -271,11 +261,11 @@ def install_certificate(root: Path, service: pwd.struct_passwd) -> Path:
 
 
 def test_the_readme_recipe_lets_readers_read_receipts_and_not_secrets(
-        shared_root: Path, accounts: tuple[pwd.struct_passwd, pwd.struct_passwd]) -> None:
+        shared_dir: Path, accounts: tuple[pwd.struct_passwd, pwd.struct_passwd]) -> None:
     service, reader = accounts
     umask, state_mode, logs_mode = unit_modes()
     setup, checks = recipe_blocks()[:2]
-    etc, state, logs = (Path(f"{shared_root}{path}") for path in DOCUMENTED_PATHS)
+    etc, state, logs = (Path(f"{shared_dir}{path}") for path in DOCUMENTED_PATHS)
     # README "Running under systemd": install -d -m 750 -g dlrd /etc/dlrd
     etc.mkdir(parents=True)
     os.chown(etc, 0, service.pw_gid)
@@ -285,11 +275,11 @@ def test_the_readme_recipe_lets_readers_read_receipts_and_not_secrets(
         directory.mkdir(parents=True)
         os.chown(directory, service.pw_uid, service.pw_gid)
         directory.chmod(directory_mode)
-    key = install_certificate(shared_root, service)
+    key = install_certificate(shared_dir, service)
     pin = etc / "pin"
 
     for command in setup:
-        done = subprocess.run(["sh", "-c", localise(command, shared_root, service.pw_name, reader.pw_name)],
+        done = subprocess.run(["sh", "-c", localise(command, shared_dir, service.pw_name, reader.pw_name)],
                               input=SEED_PIN.encode() + b"\n", capture_output=True, timeout=60)
         assert done.returncode == 0, f"{command}: {done.stderr.decode()}"
     assert pin.read_text() == SEED_PIN + "\n"
@@ -297,7 +287,7 @@ def test_the_readme_recipe_lets_readers_read_receipts_and_not_secrets(
     wrap = ["setpriv", f"--reuid={service.pw_uid}", f"--regid={service.pw_gid}", "--init-groups"]
     if as_user(service, sys.executable, "-c", "import dlrd").returncode != 0:
         pytest.skip(f"{sys.executable} cannot run as another user (a libpython only root may read)")
-    daemon = start_receiving(shared_root / "run", state, logs, umask, wrap=wrap)
+    daemon = start_receiving(shared_dir / "run", state, logs, umask, wrap=wrap)
     try:
         ids = post_receipts(daemon, logs)
         assert_files_have_the_units_modes(state, logs, umask)
@@ -306,7 +296,7 @@ def test_the_readme_recipe_lets_readers_read_receipts_and_not_secrets(
 
         # The README's checks, line by line, while dlrd runs.
         for command in checks:
-            done = subprocess.run(["sh", "-c", localise(command, shared_root, service.pw_name, reader.pw_name)],
+            done = subprocess.run(["sh", "-c", localise(command, shared_dir, service.pw_name, reader.pw_name)],
                                   capture_output=True, text=True, timeout=60)
             if "# Permission denied" in command:
                 assert done.returncode != 0 and "Permission denied" in done.stderr, f"{command}: {done}"
@@ -365,11 +355,11 @@ def configured_with_the_recipes_pin(root: Path, service: pwd.struct_passwd, read
     return ini
 
 
-def test_the_recipes_pin_file_draws_no_warning(shared_root: Path,
+def test_the_recipes_pin_file_draws_no_warning(shared_dir: Path,
                                                accounts: tuple[pwd.struct_passwd, pwd.struct_passwd]) -> None:
     """A PIN file made as the README says is read by dlrd (as its user) without a warning."""
     service, reader = accounts
-    ini = configured_with_the_recipes_pin(shared_root, service, reader)
+    ini = configured_with_the_recipes_pin(shared_dir, service, reader)
 
     checked = as_user(service, sys.executable, "-m", "dlrd", "--config", str(ini), "check-config")
 
@@ -377,14 +367,14 @@ def test_the_recipes_pin_file_draws_no_warning(shared_root: Path,
     assert b"pin" not in checked.stderr.lower(), checked.stderr
 
 
-def test_a_reader_can_query_with_the_daemons_config(shared_root: Path,
+def test_a_reader_can_query_with_the_daemons_config(shared_dir: Path,
                                                     accounts: tuple[pwd.struct_passwd, pwd.struct_passwd]) -> None:
     """Readers use `dlrd query --config /etc/dlrd/dlrd.ini` too: a read-only command needs no PIN."""
     service, reader = accounts
-    ini = configured_with_the_recipes_pin(shared_root, service, reader)
+    ini = configured_with_the_recipes_pin(shared_dir, service, reader)
     subprocess.run(["usermod", "-a", "-G", grp.getgrgid(service.pw_gid).gr_name, reader.pw_name],
                    check=True, capture_output=True, timeout=60)
-    daemon = Daemon(shared_root / "run")
+    daemon = Daemon(shared_dir / "run")
     daemon.directory.mkdir()
     daemon.ini = ini
     daemon.config = lambda extra="": ini.read_text()  # type: ignore[method-assign]  # keep the file as the README has it

@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from systemd_root import stub_executable, with_host_units
 
 ROOT = Path(__file__).resolve().parents[1]
 README = Path(os.environ.get("DLRD_README", ROOT / "README.md"))
@@ -93,16 +94,9 @@ def rewrite(line: str, root: Path, logrotate: Path) -> str | None:
 
 def prepare_root(tmp_path: Path) -> Path:
     """An empty system but for this host's units, the usual directories, and the dlrd of the first line."""
-    root = tmp_path / "root"
-    host_units = next((Path(p) for p in ("/usr/lib/systemd/system", "/lib/systemd/system")
-                       if Path(p, "multi-user.target").exists()), None)
-    if host_units is None:
-        pytest.skip("this host has no systemd unit directory to copy the targets from")
-    shutil.copytree(host_units, root / "usr/lib/systemd/system", symlinks=True)
-    for stub in ("usr/local/bin/dlrd", "bin/kill"):  # what pip install . and the OS provide
-        (root / stub).parent.mkdir(parents=True, exist_ok=True)
-        (root / stub).write_text("#!/bin/sh\n")
-        (root / stub).chmod(0o755)
+    root = with_host_units(tmp_path / "root")
+    for stub in ("/usr/local/bin/dlrd", "/bin/kill"):  # what pip install . and the OS provide
+        stub_executable(root, stub)
     # The directories the block installs into, present on any host with systemd and logrotate.
     for directory in ("usr/lib/sysusers.d", "etc/systemd/system", "etc/logrotate.d"):
         (root / directory).mkdir(parents=True, exist_ok=True)

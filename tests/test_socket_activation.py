@@ -14,11 +14,14 @@ import signal
 import socket
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from tls_certs import make_pki
 from wire import post, receipt_body, soap_report, wait_for
+
+from dlrd.store import connect, migrate
 
 PARENT = Path(__file__).with_name("activation_parent.py")
 
@@ -166,3 +169,44 @@ def test_listen_variables_meant_for_another_process_are_ignored(daemon_factory):
     daemon = daemon_factory(env={"LISTEN_FDS": "1", "LISTEN_PID": "1", "LISTEN_FDNAMES": "http"})
     assert "socket activation" not in daemon.log()
     assert soap_report(post(daemon.address, receipt_body("ACT4"))) == 0
+
+
+def test_an_ini_written_for_the_socket_unit_is_refused_by_a_binding_serve_and_warned_of_elsewhere(tmp_path):
+    """listen empty and tls_cert without tls_listen: right for dlrd.socket, wrong for a dlrd that binds.
+
+    check-config and the readers' commands run from a shell, without systemd's variables, on that same
+    ini: they warn and go on; only serve, which would listen nowhere, refuses.
+    """
+    pki = make_pki(tmp_path / "pki")
+    data = tmp_path / "data"
+    ini = tmp_path / "dlrd.ini"
+    ini.write_text(f"[server]\nlisten =\ntls_cert = {pki.server_cert}\ntls_key = {pki.server_key}\n"
+                   f"[storage]\ndatabase = {data / 'dlrd.db'}\n[journal]\ndirectory = {data}\n")
+
+    def dlrd(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "dlrd", "--config", str(ini), *command],
+                              capture_output=True, text=True, timeout=60)
+
+    served = dlrd("serve")
+    assert served.returncode != 0 and "dlrd would listen nowhere" in served.stderr, served.stderr
+    checked = dlrd("check-config")
+    assert checked.returncode == 0, checked.stderr
+    assert "would listen nowhere" in checked.stderr and "unless systemd/dlrd.socket" in checked.stderr
+    assert "tls_cert: set, but tls_listen is empty" in checked.stderr
+    data.mkdir()
+    with closing(connect(data / "dlrd.db", 5.0)) as database:  # what the socket-activated serve made
+        migrate(database)
+    queried = dlrd("query", "--format", "json")
+    assert queried.returncode == 0, queried.stderr
+
+
+def test_sighup_under_socket_activation_reloads_and_does_not_ask_for_a_restart_over_listen(activated):
+    """listen is not used under activation: a changed one needs no restart, and a reload keeps serving."""
+    parent = activated(["http=127.0.0.1:0"])
+    parent.wait_listening(1)
+    parent.daemon.ini.write_text(parent.daemon.ini.read_text().replace("listen = ", "listen = 127.0.0.1:1, "))
+    os.kill(parent.pid, signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: re-reading" in parent.daemon.log(), 10, "the reload")
+    assert soap_report(post(parent.addresses["http"], receipt_body("ACT5"))) == 0
+    assert "restart dlrd to apply" not in parent.daemon.log()
+    assert parent.stop_child() == 0

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from systemd_root import stub_executable, with_host_units
 from wire import post, receipt_body, soap_report, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,12 +70,7 @@ def systemd_version() -> int:
 
 def scratch_root(tmp_path: Path, units: dict[str, Path]) -> Path:
     """A root holding this host's units, stubs for the Exec binaries, and `units` under /etc/systemd/system."""
-    root = tmp_path / "root"
-    host_units = next((Path(p) for p in ("/usr/lib/systemd/system", "/lib/systemd/system")
-                       if Path(p, "sysinit.target").exists()), None)
-    if host_units is None:
-        pytest.skip("this host has no systemd unit directory to give systemd-analyze its targets")
-    shutil.copytree(host_units, root / "usr/lib/systemd/system", symlinks=True)
+    root = with_host_units(tmp_path / "root")
     for name, source in units.items():
         target = root / "etc/systemd/system" / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -83,10 +79,7 @@ def scratch_root(tmp_path: Path, units: dict[str, Path]) -> Path:
             for value in values:
                 binary = value.lstrip("-@:+!").split(" ", 1)[0]
                 if key.startswith("Exec") and binary.startswith("/"):
-                    stub = root / binary.lstrip("/")
-                    stub.parent.mkdir(parents=True, exist_ok=True)
-                    stub.write_text("#!/bin/sh\n")
-                    stub.chmod(0o755)
+                    stub_executable(root, binary)
     return root
 
 
