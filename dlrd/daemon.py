@@ -154,13 +154,15 @@ class Daemon:
                 log.info("listening on %s%s", url, how)
             self.notifier.ready(f"listening on {', '.join(self.server.bound)}")
             self._loop(wake_in)
+            # Still under the handlers: a second SIGTERM (Ctrl-C twice, a signal passed on by a
+            # bootloader) must not kill the stop that finishes the requests in progress.
+            self.stop()
         finally:
             signal.set_wakeup_fd(previous)
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
             wake_in.close()
             wake_out.close()
-        self.stop()
         return 0
 
     def _loop(self, wake_in: socket.socket) -> None:

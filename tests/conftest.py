@@ -211,3 +211,19 @@ def shared_dir() -> Iterator[Path]:
     directory.chmod(0o755)
     yield directory
     shutil.rmtree(directory)
+
+
+@pytest.fixture(scope="session")
+def binary() -> Path:
+    """dist/dlrd (and dist/dlrd-dir beside it), built by packaging/build-binary.sh once per session:
+    tests/test_binary.py and tests/test_deb.py share the one build."""
+    import time
+
+    started = time.monotonic()
+    result = subprocess.run(["bash", str(ROOT / "packaging" / "build-binary.sh")], capture_output=True, text=True,
+                            timeout=900, cwd=ROOT)
+    if result.returncode == 3:  # build-binary.sh's status when PyInstaller cannot be installed
+        pytest.skip(f"PyInstaller cannot be installed here: {result.stderr.strip()[-500:]}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(f"\nbuild-binary.sh: {time.monotonic() - started:.1f} s; {result.stdout.strip()}")
+    return ROOT / "dist" / "dlrd"

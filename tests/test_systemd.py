@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sqlite3
@@ -83,3 +84,59 @@ def test_the_watchdog_is_fed_and_sigterm_obeyed_while_a_sighup_waits_for_stuck_s
         listener.close()
     assert daemon.process.wait(60) == 0
     daemon.process = None
+
+
+def test_the_watchdog_is_fed_for_the_pid_systemd_watches():
+    """WATCHDOG_PID names the process systemd forked: dlrd itself, or, in the one-file binary, its parent,
+    PyInstaller's bootloader (tests/test_binary.py runs the real thing)."""
+    from dlrd.systemd import Notifier, runs_under_one_file_bootloader
+
+    def interval(watched_pid: int, one_file_child: bool) -> float | None:
+        environ = {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(watched_pid)}
+        return Notifier(environ, one_file_child=one_file_child).watchdog_interval
+
+    assert interval(os.getpid(), one_file_child=False) == 15.0
+    assert interval(os.getppid(), one_file_child=True) == 15.0
+    assert interval(os.getppid(), one_file_child=False) is None  # another process's watchdog: not ours
+    assert interval(os.getppid() + 100_000, one_file_child=True) is None
+    assert not runs_under_one_file_bootloader()  # this test runs the package, not a frozen binary
+
+
+def test_a_second_sigterm_during_the_stop_does_not_kill_it(daemon_factory):
+    """The stop waits for a receipt stuck behind a lock; SIGTERM again (Ctrl-C twice, a signal a bootloader
+    passes on) must not end it by the default action: the receipt is still answered and dlrd exits 0."""
+    import threading
+
+    from wire import post, receipt_body
+
+    daemon = daemon_factory("[storage]\nlock_timeout = 30\ncommit_timeout = 30\n")
+    holder = sqlite3.connect(daemon.data / "dlrd.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    answers = []
+    waiting = threading.Thread(target=lambda: answers.append(post(daemon.address, receipt_body("TWICE"),
+                                                                  timeout=60)))
+    try:
+        waiting.start()
+        wait_for(lambda: "has waited" in urlopen_text(daemon.urls[0] + "/healthz"), 10, "the receipt to wait")
+        daemon.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "stopping: finishing requests in progress" in daemon.log(), 10, "the stop to begin")
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.poll() is None, "the second SIGTERM killed the stop"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    waiting.join(60)
+    assert daemon.process.wait(60) == 0
+    daemon.process = None
+    assert [answer.status for answer in answers] == [200]
+
+
+def urlopen_text(url: str) -> str:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.read().decode()

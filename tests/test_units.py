@@ -31,6 +31,7 @@ SOCKET_ACTIVATED = SYSTEMD / "socket-activated" / "dlrd.service"
 HTTPS_SOCKET = SYSTEMD / "dlrd.socket"
 HTTP_SOCKET = SYSTEMD / "dlrd-http.socket"
 NOTIFY_RELOAD = SYSTEMD / "notify-reload.conf"
+ONE_FILE = SYSTEMD / "one-file-binary.conf"
 EXEC_START = "/usr/local/bin/dlrd --config /etc/dlrd/dlrd.ini serve"
 
 # The settings on which the socket-activated variant may differ from the plain unit,
@@ -84,7 +85,9 @@ def scratch_root(tmp_path: Path, units: dict[str, Path]) -> Path:
 
 
 def verify(root: Path, *names: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([analyze, "verify", f"--root={root}", *names],
+    # --man=no: Documentation=man:dlrd(8) is installed by the .deb and the pip route, not on this host;
+    # tests/test_manpage.py checks the page itself, tests/test_deb.py that the package installs it.
+    return subprocess.run([analyze, "verify", "--man=no", f"--root={root}", *names],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -232,3 +235,29 @@ def test_dlrd_runs_under_memory_deny_write_execute(daemon_factory, tmp_path):
     assert daemon.stop() == 0
     assert [row["message_id"] for row in daemon.rows("SELECT message_id FROM receipts ORDER BY id")] == [
         "MDWE0001", "MDWE0002"]
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", [PLAIN, SOCKET_ACTIVATED], ids=["dlrd.service", "socket-activated"])
+def test_one_file_binary_drop_in_verifies_on_either_unit(tmp_path, unit):
+    units = {"dlrd.service": unit, "dlrd.service.d/one-file-binary.conf": ONE_FILE}
+    if unit == SOCKET_ACTIVATED:
+        units |= {"dlrd.socket": HTTPS_SOCKET, "dlrd-http.socket": HTTP_SOCKET}
+    result = verify(scratch_root(tmp_path, units), "dlrd.service")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_one_file_binary_drop_in_hears_the_child_and_unpacks_where_it_may_execute():
+    """The bootloader is the main PID and dlrd its child (tests/test_binary.py shows both)."""
+    drop_in = parse_unit(ONE_FILE)
+    assert drop_in["Service", "NotifyAccess"] == ["all"]
+    assert drop_in["Service", "KillMode"] == ["mixed"]
+    [tmpdir] = [value.removeprefix("TMPDIR=") for value in drop_in["Service", "Environment"]]
+    assert tmpdir == "/var/cache/" + drop_in["Service", "CacheDirectory"][0]
+    # Where the units make the file system read-only, only their own directories stay writable.
+    assert all(parse_unit(unit)["Service", "ProtectSystem"] == ["strict"] for unit in (PLAIN, SOCKET_ACTIVATED))
+    assert drop_in["Service", "ExecStartPre"] == [f"/bin/sh -c 'exec rm -rf {tmpdir}/_MEI*'"]
+    # Nothing the two processes do not need: the base units keep NotifyAccess=main for one-process installs.
+    assert set(drop_in) == {("Service", key) for key in ("NotifyAccess", "KillMode", "CacheDirectory",
+                                                         "CacheDirectoryMode", "Environment", "ExecStartPre")}
+    assert ("Service", "NotifyAccess") not in parse_unit(PLAIN)
