@@ -15,7 +15,8 @@ EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_CONFIG: "the configuration is invalid (file, section, key and reason on stderr)",
     EXIT_USAGE: "the command line is wrong",
-    EXIT_STARTUP: "the daemon could not start: a listen address or the data files are unusable",
+    EXIT_STARTUP: "the daemon could not start, or a command could not open its data: a listen address or the "
+                  "data files are unusable",
     EXIT_NOT_ACCEPTED: "send-test: the receiver answered, but not with HTTP 200 and Report 0",
     EXIT_UNREACHABLE: "send-test: the receiver could not be reached or did not answer HTTP",
 }

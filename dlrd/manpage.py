@@ -28,6 +28,13 @@ ENVIRONMENT = (
     ("STATE_DIRECTORY",
      f"set by systemd (StateDirectory=dlrd): where an empty [storage] database puts {DATABASE_NAME}."),
     ("LOGS_DIRECTORY", "set by systemd (LogsDirectory=dlrd): where an empty [journal] directory puts receipts.jsonl."),
+    ("CREDENTIALS_DIRECTORY", "set by systemd (LoadCredential=): where [auth] pin_credential is read from."),
+    ("LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES",
+     "set by systemd's socket activation (dlrd.socket): serve on the sockets handed over instead of binding "
+     "listen and tls_listen; a name starting with https or tls is served with TLS."),
+    ("NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID",
+     "set by systemd for Type=notify and WatchdogSec=: READY, RELOADING, STOPPING and the watchdog's pings."),
+    ("JOURNAL_STREAM", "set by systemd when stderr is the journal: each log line then carries its <N> priority."),
 )
 
 FILES = (

@@ -24,14 +24,16 @@ def runs_under_one_file_bootloader() -> bool:
     """True in the Python process of a PyInstaller one-file binary, whose parent is the bootloader.
 
     A one-file bundle is unpacked under $TMPDIR (sys._MEIPASS is a _MEIxxxx
-    directory there); a one-directory bundle is one process whose sys._MEIPASS
-    lies beside the executable (_internal/), and a package install is not frozen.
+    directory there, wherever TMPDIR is); a one-directory bundle is one process
+    whose sys._MEIPASS is its _internal/, and a package install is not frozen.
     """
     bundle = getattr(sys, "_MEIPASS", None)
     if not getattr(sys, "frozen", False) or bundle is None:
         return False
     home = os.path.dirname(os.path.realpath(sys.executable))
-    return os.path.commonpath([home, os.path.realpath(bundle)]) != home
+    # A one-directory bundle's _MEIPASS is fixed by the spec (its contents directory, _internal);
+    # a one-file bundle's is a _MEIxxxxxx the bootloader made under $TMPDIR, which may lie beside it.
+    return os.path.realpath(bundle) not in (home, os.path.join(home, "_internal"))
 
 
 class Notifier:

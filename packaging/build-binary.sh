@@ -9,7 +9,8 @@ started=$(date +%s)
 python=${PYTHON:-python3}
 # Exit status 3: no build environment (tests/test_binary.py skips then, and says why).
 if [ ! -x .venv-freeze/bin/pip ]; then
-    "$python" -m venv .venv-freeze || { echo "build-binary.sh: $python -m venv failed" >&2; exit 3; }
+    "$python" -m venv .venv-freeze \
+        || { echo "build-binary.sh: $python -m venv failed (Debian: apt install python3-venv)" >&2; exit 3; }
 fi
 # Reinstalled on every build: the bundle must hold this tree's dlrd, not the last build's.
 .venv-freeze/bin/pip install -q --disable-pip-version-check '.[freeze]' \

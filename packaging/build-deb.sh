@@ -38,15 +38,19 @@
 #   /usr/share/doc/dlrd/{copyright,changelog.gz,README.md.gz}.
 set -euo pipefail
 umask 022
+caller=$PWD
+absolute() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$caller/$1" ;; esac; }
 cd "$(dirname "$0")/.."
 root=$PWD
 
-onedir=${DLRD_ONEDIR:-}
-output=${DLRD_DEB_OUTPUT:-dist}
+# Relative paths are the caller's, not the checkout's.
+onedir=${DLRD_ONEDIR:+$(absolute "$DLRD_ONEDIR")}
+output=${DLRD_DEB_OUTPUT:+$(absolute "$DLRD_DEB_OUTPUT")}
+output=${output:-dist}
 while [ $# -gt 0 ]; do
     case $1 in
-        --onedir) onedir=${2:?--onedir needs a directory}; shift 2 ;;
-        --output) output=${2:?--output needs a directory}; shift 2 ;;
+        --onedir) onedir=$(absolute "${2:?--onedir needs a directory}"); shift 2 ;;
+        --output) output=$(absolute "${2:?--output needs a directory}"); shift 2 ;;
         -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-deb.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -76,6 +80,10 @@ version=$(PYTHONPATH=$root "$python" -c 'import dlrd; print(dlrd.__version__)') 
 frozen=$(env -i "$onedir/dlrd" version) || die "$onedir/dlrd version failed"
 [ "$frozen" = "dlrd $version" ] \
     || die "$onedir/dlrd says '$frozen' but dlrd/__init__.py says $version: rebuild it (packaging/build-binary.sh)"
+# Same version, older code: the man page (made from the checkout) and the binary would disagree.
+stale=$(find dlrd packaging/dlrd.spec packaging/entry.py -name '*.py' -newer "$onedir/dlrd" -print -quit \
+        2>/dev/null || true)
+[ -z "$stale" ] || die "$onedir was built before $stale changed: rebuild it (packaging/build-binary.sh)"
 changelog_version=$(sed -n '1s/^dlrd (\([^)]*\)).*/\1/p' packaging/debian/changelog)
 [ "$changelog_version" = "$version" ] \
     || die "packaging/debian/changelog starts at $changelog_version, not $version: add an entry for $version at its top"
@@ -83,6 +91,7 @@ arch=$(dpkg --print-architecture)
 
 # Reproducible: every date is the changelog entry's (man page, mtimes, dpkg-deb's own).
 changelog_date=$(sed -n 's/^ -- .*>  //p' packaging/debian/changelog | head -n 1)
+[ -n "$changelog_date" ] || die "packaging/debian/changelog's first entry has no ' -- name <mail>  date' trailer"
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(date -d "$changelog_date" +%s)}
 export SOURCE_DATE_EPOCH
 
@@ -142,6 +151,9 @@ Back to the package's unit:
 
     systemctl disable --now dlrd.socket dlrd-http.socket; rm /etc/systemd/system/dlrd.service /etc/systemd/system/dlrd.socket /etc/systemd/system/dlrd-http.socket
     systemctl daemon-reload && systemctl restart dlrd
+
+Switch back before `apt remove dlrd`: an enabled dlrd.socket left behind
+would hold 443 and start a dlrd that is no longer there.
 
 On systemd 253 and later, `systemctl reload dlrd` can wait until dlrd has
 reloaded: install -D -m 644 /usr/share/dlrd/notify-reload.conf /etc/systemd/system/dlrd.service.d/notify-reload.conf

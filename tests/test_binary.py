@@ -270,6 +270,18 @@ def test_binary_notifies_so_systemd_with_the_one_file_drop_in_hears_it(binary, t
     assert not list(tmp_path.glob("_MEI*")), "the bootloader left its unpacked files behind"
 
 
+def test_binary_unpacked_beside_itself_still_feeds_the_watchdog(binary, tmp_path):
+    """TMPDIR is the binary's own directory (/opt/dlrd with TMPDIR=/opt/dlrd, or a binary in /tmp): its
+    _MEI* directory then lies beside the executable, and must not pass for a one-directory tree's."""
+    import shutil
+
+    copy = tmp_path / "dlrd"
+    shutil.copy2(binary, copy)
+    access = notify_access(SYSTEMD / "dlrd.service", SYSTEMD / "one-file-binary.conf")
+    phases = list(run_under_emulated_systemd([str(copy)], tmp_path, access))  # TMPDIR=tmp_path: beside it
+    print("\nbinary unpacked beside itself:", "; ".join(phases))
+
+
 def test_one_dir_tree_is_one_process_the_plain_unit_hears(binary, tmp_path):
     """dist/dlrd-dir (the .deb's /usr/lib/dlrd) needs no drop-in: it notifies from the PID systemd forked."""
     one_dir = binary.parent / "dlrd-dir" / "dlrd"

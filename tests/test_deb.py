@@ -205,8 +205,11 @@ def test_maintainer_scripts_are_posix_sh_with_set_e_and_dpkg_root(deb: Path) -> 
         run("sh", "-n", "-c", text)
     lines = control_file(deb, "postinst").splitlines()
     commands = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
-    assert not re.search(r"\b(start|restart)\b|invoke-rc\.d|deb-systemd-invoke", commands), (
+    # Enabled, never started: the operator edits the ini first. Only try-restart, which restarts a dlrd
+    # that runs (an upgrade replaced its files) and leaves a stopped one stopped.
+    assert not re.search(r"(?<!try-)\b(start|restart)\b|invoke-rc\.d", commands), (
         "postinst must enable the unit but not start it: the operator edits the ini first")
+    assert re.findall(r"\b(?:deb-systemd-invoke|systemctl) (\S+) \"\$UNIT\"", commands) == ["try-restart"] * 2
 
 
 def test_units_run_the_packaged_binary_and_are_otherwise_the_repositorys(unpacked: Path) -> None:
