@@ -37,9 +37,7 @@ class HealthCheck:
         """What dlrd_storage_healthy says, from the writer's state alone (no probe): the last transaction
         committed, the writer runs, and no batch is stuck; the README's alert rule watches it."""
         store = self.store
-        busy_since = store.busy_since
-        return (store.condition is None and store.writer_alive()
-                and (busy_since is None or time.monotonic() - busy_since <= STUCK_SECONDS))
+        return store.condition is None and store.writer_alive() and self._stuck_for(time.monotonic()) is None
 
     def answer(self) -> tuple[int, str]:
         """200 with "ok" and what is worth knowing, or 503 with why the daemon cannot store receipts now."""
@@ -47,9 +45,9 @@ class HealthCheck:
         started = time.monotonic()
         if not store.writer_alive():
             return 503, "storage: the writer thread is not running; restart dlrd (the log says why it ended)"
-        busy_since = store.busy_since
-        if busy_since is not None and started - busy_since > STUCK_SECONDS:
-            return 503, (f"storage: the writer has waited {started - busy_since:.1f} s on one transaction "
+        stuck = self._stuck_for(started)
+        if stuck is not None:
+            return 503, (f"storage: the writer has waited {stuck:.1f} s on one transaction "
                          "(the database locked by another program, or a slow disk)")
         condition = store.condition
         if condition is None and started - store.last_commit_at <= PROBE_SECONDS:
@@ -65,6 +63,13 @@ class HealthCheck:
         if probe.error is not None and store.last_commit_at < probe_started:
             return 503, f"storage: the probe transaction failed: {probe.error}"
         return self._ok()
+
+    def _stuck_for(self, now: float) -> float | None:
+        """How long the batch in hand has taken, once that is over STUCK_SECONDS; else None."""
+        busy_since = self.store.busy_since
+        if busy_since is None or now - busy_since <= STUCK_SECONDS:
+            return None
+        return now - busy_since
 
     def _current_probe(self, now: float) -> tuple[Pending, float]:
         """The probe in flight or begun less than PROBE_SECONDS ago (done, then), else a new one; and its start."""

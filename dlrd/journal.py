@@ -238,7 +238,7 @@ class JournalWriter:
         if self._file is None:
             self._open_file()
         self._repair()
-        self._follow_rename()  # raises, unlike rotate_if_due's own check: the store holds the batch back
+        self._follow_rename()  # raises, unlike check_while_idle's: the store holds the batch back
         self.rotate_if_due(len(data))
         if self._file is None:
             self._open_file()  # a rotation renamed the file but could not open the new one
@@ -315,20 +315,20 @@ class JournalWriter:
             return None
         return max(0.0, self._next_rollover - self.clock())
 
-    def rotate_if_due(self, incoming: int = 0) -> bool:
-        """Rotate now if the size or time limit says so; a failure is logged once and retried later.
-
-        Called once a second while the writer idles, it also follows an
-        external rotation then, so the renamed file is let go of within a
-        second even when no receipt comes in.
-        """
+    def check_while_idle(self) -> None:
+        """Once a second while the writer idles: follow an external rotation, so the renamed file is let
+        go of within a second even when no receipt comes in, and rotate when a time limit falls due."""
         if self._file is None:
-            return False
+            return
         try:
             self._follow_rename()
         except OSError as error:
             log.debug("could not reopen the journal after an external rotation: %s", error)
-            return False  # the next append meets the same error, and the store reports it
+            return  # the next append meets the same error, and the store reports it
+        self.rotate_if_due()
+
+    def rotate_if_due(self, incoming: int = 0) -> bool:
+        """Rotate now if the size or time limit says so; a failure is logged once and retried later."""
         if self._file is None:
             return False
         size = self._size

@@ -788,7 +788,7 @@ class ReceiptStore:
                 item = self._queue.get(timeout=self._idle_wait())
             except queue.Empty:
                 try:
-                    self.journal.rotate_if_due()  # a time rotation falls due while no receipt comes in
+                    self.journal.check_while_idle()  # rotations while no receipt comes in
                     lost = self._database_lost()
                     if lost is not None:
                         self._fail(lost)  # /healthz and the log tell at once, not at the next receipt

@@ -29,3 +29,12 @@ def stub_executable(root: Path, path: str) -> None:
     stub.parent.mkdir(parents=True, exist_ok=True)
     stub.write_text("#!/bin/sh\n")
     stub.chmod(0o755)
+
+
+def group_id(root: Path, name: str) -> int:
+    """The gid `name` has in the scratch root's own /etc/group (the host's may differ)."""
+    for line in (root / "etc/group").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2])
+    raise AssertionError(f"no group {name} in {root}/etc/group:\n{(root / 'etc/group').read_text()}")

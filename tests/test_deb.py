@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from systemd_root import group_id
 
 from dlrd import __version__
 
@@ -118,15 +119,6 @@ def scratch_root(path: Path) -> Path:
     (path / "var/lib/dpkg/updates").mkdir()
     (path / "var/lib/dpkg/status").touch()
     return path
-
-
-def group_id(root: Path, name: str) -> int:
-    """The gid `name` has in the scratch root's own /etc/group (the host's may differ)."""
-    for line in (root / "etc/group").read_text().splitlines():
-        fields = line.split(":")
-        if fields[0] == name:
-            return int(fields[2])
-    raise AssertionError(f"no group {name} in {root}/etc/group:\n{(root / 'etc/group').read_text()}")
 
 
 def package_state(root: Path) -> str:

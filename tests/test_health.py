@@ -14,26 +14,19 @@ import socket
 import sqlite3
 import threading
 import time
-import urllib.error
-import urllib.request
 
-from wire import exchange, post, receipt_body, soap_report, wait_for
+from wire import exchange, get, post, receipt_body, soap_report, wait_for
 
 
 def health(daemon, timeout: float = 10) -> tuple[int, str, float]:
     """(status, body, seconds it took)."""
     started = time.monotonic()
-    try:
-        with urllib.request.urlopen(daemon.urls[0] + "/healthz", timeout=timeout) as answer:
-            return answer.status, answer.read().decode(), time.monotonic() - started
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(), time.monotonic() - started
+    status, body = get(daemon.urls[0] + "/healthz", timeout)
+    return status, body, time.monotonic() - started
 
 
 def counter(daemon, name: str) -> int:
-    with urllib.request.urlopen(daemon.urls[0] + "/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    return int(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+    return int(re.search(rf"^{name} (\S+)$", get(daemon.urls[0] + "/metrics")[1], re.M).group(1))
 
 
 def test_many_monitors_polling_cost_at_most_one_probe_transaction_a_second(daemon_factory):

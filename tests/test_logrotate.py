@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, Daemon
-from wire import KeepAliveClient, receipt_body, soap_report, wait_for
+from wire import KeepAliveClient, post, receipt_body, soap_report, wait_for
 
 from dlrd.journal import JournalWriter
 
@@ -95,28 +95,22 @@ def test_a_followed_rotation_is_not_appended_again_when_the_new_file_is_deleted(
     """What went into the renamed file is safe there: the deleted-file rewind goes back to the rotation, no further."""
     daemon = daemon_factory()
     journal = daemon.data / "receipts.jsonl"
-    assert soap_report(daemon_post(daemon, "ROTA")) == 0
+    assert soap_report(post(daemon.address, receipt_body("ROTA"))) == 0
     os.rename(journal, daemon.data / "receipts.jsonl.1")
-    assert soap_report(daemon_post(daemon, "ROTB")) == 0
+    assert soap_report(post(daemon.address, receipt_body("ROTB"))) == 0
     journal.unlink()
     sent = []
 
     def journal_back() -> bool:
         # The deletion is checked once a second, at a commit: keep receipts coming until it is noticed.
         sent.append(f"ROTC{len(sent)}")
-        assert soap_report(daemon_post(daemon, sent[-1])) == 0
+        assert soap_report(post(daemon.address, receipt_body(sent[-1]))) == 0
         return journal.exists()
 
     wait_for(journal_back, 10, "the journal to be made again")
     assert [json.loads(line)["message_id"] for line in (daemon.data / "receipts.jsonl.1").read_text().splitlines()] \
         == ["ROTA"]
     assert [line["message_id"] for line in daemon.journal()] == ["ROTB", *sent]
-
-
-def daemon_post(daemon, message_id: str):
-    from wire import post
-
-    return post(daemon.address, receipt_body(message_id))
 
 
 def test_a_deleted_journal_is_left_to_the_store_which_appends_again_what_went_into_it(tmp_path):
@@ -137,7 +131,7 @@ def test_the_idle_writer_follows_a_rotation_within_its_once_a_second_check(tmp_p
     try:
         writer.append([b'{"id":1}\n'])
         os.rename(tmp_path / "receipts.jsonl", tmp_path / "receipts.jsonl.1")
-        writer.rotate_if_due()  # what the store's idle writer calls once a second
+        writer.check_while_idle()  # what the store's idle writer calls once a second
         assert (tmp_path / "receipts.jsonl").exists(), "the renamed file is let go of without a new receipt"
         assert not writer.renamed_away()
     finally:

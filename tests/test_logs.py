@@ -6,7 +6,7 @@ import os
 import re
 import signal
 
-from wire import post, receipt_body, wait_for
+from wire import get, post, receipt_body, wait_for
 
 SEED_PIN = "BLUE.music"  # the seed envelope's PIN: it must never appear in any log line
 AUTH = f"[auth]\nusername = ANOther.61234\npin = {SEED_PIN}\n"
@@ -102,15 +102,6 @@ def test_an_answer_the_client_never_took_still_has_its_access_line(daemon_factor
     import socket
     import sqlite3
     import struct
-    import urllib.error
-    import urllib.request
-
-    def healthz() -> str:
-        try:
-            with urllib.request.urlopen(daemon.urls[0] + "/healthz", timeout=10) as answer:
-                return answer.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.read().decode()
 
     daemon = daemon_factory("[storage]\nlock_timeout = 30\ncommit_timeout = 30\n[log]\naccess_log = yes\n")
     holder = sqlite3.connect(daemon.data / "dlrd.db", isolation_level=None)
@@ -120,7 +111,8 @@ def test_an_answer_the_client_never_took_still_has_its_access_line(daemon_factor
     try:
         client.sendall(b"POST / HTTP/1.1\r\nHost: r\r\nContent-Type: text/soap\r\nContent-Length: %d\r\n\r\n%s"
                        % (len(body), body))
-        wait_for(lambda: "has waited" in healthz(), 10, "the receipt to wait in the writer's hands")
+        wait_for(lambda: "has waited" in get(daemon.urls[0] + "/healthz")[1], 10,
+                 "the receipt to wait in the writer's hands")
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()  # a reset: the provider gave up
     finally:

@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from systemd_root import stub_executable, with_host_units
+from systemd_root import group_id, stub_executable, with_host_units
 
 ROOT = Path(__file__).resolve().parents[1]
 README = Path(os.environ.get("DLRD_README", ROOT / "README.md"))
@@ -64,14 +64,6 @@ def routes(lines: list[str]) -> dict[str, list[str]]:
                 commands.append(line)
     assert all(chosen.values()), f"{README}: a route of the install block has no command"
     return chosen
-
-
-def group_id(root: Path, name: str) -> int:
-    for line in (root / "etc/group").read_text().splitlines():
-        fields = line.split(":")
-        if fields[0] == name:
-            return int(fields[2])
-    raise AssertionError(f"no group {name} in the scratch root's /etc/group")
 
 
 def systemd_version() -> int:

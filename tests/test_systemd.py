@@ -107,7 +107,7 @@ def test_a_second_sigterm_during_the_stop_does_not_kill_it(daemon_factory):
     passes on) must not end it by the default action: the receipt is still answered and dlrd exits 0."""
     import threading
 
-    from wire import post, receipt_body
+    from wire import get, post, receipt_body
 
     daemon = daemon_factory("[storage]\nlock_timeout = 30\ncommit_timeout = 30\n")
     holder = sqlite3.connect(daemon.data / "dlrd.db", isolation_level=None)
@@ -117,7 +117,7 @@ def test_a_second_sigterm_during_the_stop_does_not_kill_it(daemon_factory):
                                                                   timeout=60)))
     try:
         waiting.start()
-        wait_for(lambda: "has waited" in urlopen_text(daemon.urls[0] + "/healthz"), 10, "the receipt to wait")
+        wait_for(lambda: "has waited" in get(daemon.urls[0] + "/healthz")[1], 10, "the receipt to wait")
         daemon.process.send_signal(signal.SIGTERM)
         wait_for(lambda: "stopping: finishing requests in progress" in daemon.log(), 10, "the stop to begin")
         daemon.process.send_signal(signal.SIGTERM)
@@ -130,13 +130,3 @@ def test_a_second_sigterm_during_the_stop_does_not_kill_it(daemon_factory):
     daemon.process = None
     assert [answer.status for answer in answers] == [200]
 
-
-def urlopen_text(url: str) -> str:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.read().decode()

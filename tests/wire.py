@@ -180,3 +180,15 @@ class KeepAliveClient:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+
+def get(url: str, timeout: float = 10.0) -> tuple[int, str]:
+    """(status, body) of a GET, an error status's body included (/healthz says why it is 503)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
