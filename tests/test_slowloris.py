@@ -194,6 +194,25 @@ def test_thread_count_and_memory_stay_bounded_under_a_burst_of_300_connections(d
     assert_threads_and_memory_come_back(pid, threads_before, rss_before)
 
 
+def client_sockets(pid: int, port: int) -> int:
+    """Established TCP connections to `port` that process `pid` holds open (its fds against /proc/net/tcp*)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            count += local_port == port and state == "01" and inode in inodes
+    return count
+
+
 def test_connections_past_max_connections_are_closed_at_once_counted_and_logged_once(daemon_factory):
     limit = 20
     daemon = daemon_factory(f"[server]\nmax_connections = {limit}\nrequest_timeout = 10\n")
@@ -201,7 +220,13 @@ def test_connections_past_max_connections_are_closed_at_once_counted_and_logged_
     try:
         # The /metrics request itself is the limit-th connection.
         wait_for(lambda: metric(daemon, "dlrd_connections_open") == limit, 10, f"{limit} open connections")
+
+        # Its slot is freed only once its answer is out: a connection made at once may still find the
+        # limit reached (and a later probe then be served). So wait until only the held ones are left.
+        pid, port = daemon.process.pid, daemon.address[1]
+        wait_for(lambda: client_sockets(pid, port) == limit - 1, 10, "the /metrics connection to close")
         held.append(connect(daemon.address))
+        wait_for(lambda: client_sockets(pid, port) == limit, 10, "the limit-th connection to be taken")
         refused = 0
         for _ in range(30):
             started = time.monotonic()
