@@ -13,6 +13,7 @@ import grp
 import ipaddress
 import os
 import re
+import socket
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -120,6 +121,21 @@ def parse_text(text: str) -> str:
     return text.strip()
 
 
+def parse_node_name(text: str) -> str:
+    name = text.strip()
+    if name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name):
+        raise ValueError(f"{name!r} is not a node name: letters, digits, '.', '_' and '-', up to 63, like vps1")
+    return name
+
+
+def parse_dsn(text: str) -> str:
+    """A libpq connection string without a password: the ini is no place for a secret."""
+    dsn = text.strip()
+    if re.search(r"(^|\s)password\s*=|://[^/@\s]*:[^/@\s]*@", dsn):
+        raise ValueError("holds a password; remove it and give it with password_file or password_credential")
+    return dsn
+
+
 def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     networks = []
     for item in _items(text):
@@ -177,6 +193,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "min_body_rate", parse_positive_size, "1k",
             "Slowest request body accepted, in bytes per second (like 1k): past request_timeout, a body "
             "must keep arriving at this rate or the client gets 408 and is disconnected."),
+    Setting("server", "node", parse_node_name, "",
+            "This node's name, on every journal line and, with backend = postgresql, on every receipt row it "
+            "stores, so that several nodes' journals can be told apart and merged. Empty: the host name."),
     Setting("server", "monitor_allow_from", parse_networks, "",
             "Source addresses or CIDRs allowed to GET /healthz and /metrics, comma-separated. Others get 403. "
             "Empty: all sources. With [auth] allow_from set too, a source in neither list is closed as it "
@@ -198,8 +217,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth", "trusted_proxies", parse_networks, "",
             "Addresses of reverse proxies (nginx) whose X-Forwarded-For header is believed for allow_from and "
             "the stored remote address. Empty: X-Forwarded-For is ignored."),
+    Setting("storage", "backend", choice("sqlite", "postgresql"), "sqlite",
+            "sqlite: one node, the database is the file below. postgresql: several dlrd nodes share one "
+            "PostgreSQL database (dsn); needs the extra: pip install 'dlrd[postgresql]' (README \"Running more "
+            "than one node\")."),
     Setting("storage", "database", parse_text, "",
             f"SQLite database file. Empty: {DATABASE_NAME} in $STATE_DIRECTORY, or in ./{DEFAULT_DATA_DIR}."),
+    Setting("storage", "dsn", parse_dsn, "",
+            "backend = postgresql: the database, in libpq's syntax, like host=db1 port=5432 dbname=dlrd "
+            "user=dlrd sslmode=verify-full. Never the password: give it with password_file or "
+            "password_credential."),
+    Setting("storage", "password_file", parse_text, "",
+            "backend = postgresql: a file holding the database password (one line), readable by dlrd's user "
+            "alone. Empty: none, or password_credential, or libpq's own ~/.pgpass."),
+    Setting("storage", "password_credential", parse_text, "",
+            "backend = postgresql: the name of a systemd credential holding the password (LoadCredential= in "
+            "the unit), read from $CREDENTIALS_DIRECTORY."),
     Setting("storage", "synchronous", choice("full", "normal"), "full",
             "full: SQLite syncs its write-ahead log to disk at every commit, before the 200 goes out, so every "
             "answered receipt survives a crash of dlrd and a power cut or kernel panic. normal: one disk sync "
@@ -376,6 +409,8 @@ def _complete_paths(values: dict[tuple[str, str], Any], env: dict[str, str]) -> 
         values["storage", "database"] = str(Path(state_dir) / DATABASE_NAME)
     if not values["journal", "directory"]:
         values["journal", "directory"] = logs_dir
+    if not values["server", "node"]:
+        values["server", "node"] = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:63] or "dlrd"
 
 
 def _check_combinations(values: dict[tuple[str, str], Any], label: str, activated: bool, serving: bool,
@@ -414,6 +449,18 @@ def _check_combinations(values: dict[tuple[str, str], Any], label: str, activate
         if values["journal", key] and not rotating:
             raise ConfigError(f"{label} [journal] {key}: set, but the journal never rotates; "
                               "set rotate_bytes or rotate_when")
+    if values["storage", "backend"] == "postgresql":
+        if not values["storage", "dsn"]:
+            raise ConfigError(f"{label} [storage] dsn: backend is postgresql, so dlrd needs the database to "
+                              "connect to, like host=db1 dbname=dlrd user=dlrd")
+        if values["storage", "password_file"] and values["storage", "password_credential"]:
+            raise ConfigError(f"{label} [storage] password_credential: password_file is set too; give the "
+                              "password one way")
+    else:
+        for key in ("dsn", "password_file", "password_credential"):
+            if values["storage", key]:
+                raise ConfigError(f"{label} [storage] {key}: set, but backend is sqlite; set backend = "
+                                  "postgresql or remove it")
     pin_sources = [key for key in ("pin", "pin_file", "pin_credential") if values["auth", key]]
     if len(pin_sources) > 1:
         raise ConfigError(f"{label} [auth] {pin_sources[1]}: {pin_sources[0]} is set too; give the PIN one way")

@@ -22,13 +22,14 @@ from dlrd.app import Application
 from dlrd.codes import ReportCodeTable
 from dlrd.config import Config, load_config
 from dlrd.errors import ConfigError
-from dlrd.instance import InstanceLock, hold_database
+from dlrd.instance import InstanceLock, hold_database, hold_journal
 from dlrd.journal import JournalWriter, Rotation
 from dlrd.metrics import Metrics
 from dlrd.preflight import check_startup
 from dlrd.receiver import ReceiptEndpoint, credentials, expected_messages
 from dlrd.server import HttpServer
-from dlrd.store import Pending, ReceiptStore
+from dlrd.storage import describe, on_postgresql, receipt_store
+from dlrd.store import Pending
 from dlrd.systemd import Notifier
 
 log = logging.getLogger("dlrd")
@@ -94,8 +95,7 @@ class Daemon:
         self.config = config
         self.metrics = Metrics()
         journal = JournalWriter(config.journal_dir, config["journal", "fsync"], journal_rotation(config))
-        self.store = ReceiptStore(config.database_path, journal, config["storage", "synchronous"],
-                                  config["storage", "lock_timeout"], config["storage", "quarantine_max_bytes"])
+        self.store = receipt_store(config, journal)
         self.receipts = ReceiptEndpoint(self.store, ReportCodeTable(config.report_codes), self.metrics,
                                         credentials(config), config["storage", "quarantine_rate"],
                                         config["storage", "commit_timeout"], expected_messages(config))
@@ -112,7 +112,9 @@ class Daemon:
         inherited = inherited_sockets()
         for warning in check_startup(self.config, binds=not inherited):
             log.warning("%s", warning)
-        instance = self.instance = hold_database(self.config.database_path)  # before anything is opened or bound
+        # Before anything is opened or bound. On PostgreSQL the database is shared, the journal is not.
+        instance = self.instance = (hold_journal(self.config.journal_dir) if on_postgresql(self.config)
+                                    else hold_database(self.config.database_path))
         metrics, store = self.metrics, self.store
         try:
             store.open()
@@ -147,8 +149,8 @@ class Daemon:
         try:
             for warning in self.config.warnings:
                 log.warning("%s", warning)
-            log.info("dlrd %s storing receipts in %s, journal in %s", __version__, self.config.database_path,
-                     self.config.journal_dir)
+            log.info("dlrd %s (node %s) storing receipts in %s, journal in %s", __version__,
+                     self.config["server", "node"], describe(self.config), self.config.journal_dir)
             how = " (socket activation: [server] listen and tls_listen are not used)" if self.server.inherited else ""
             for url in self.server.bound:
                 log.info("listening on %s%s", url, how)

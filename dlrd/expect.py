@@ -45,14 +45,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if not given:
         raise UnusableIds("no ids given: name them (dlrd expect 3C7D98A4 ...) or pass --file ids.csv")
     ids = [_checked(where, message_id) for where, message_id in given]
-    from dlrd.store import connect, migrate  # the storage code is paid for only when ids are recorded
+    from dlrd.storage import describe, open_writer  # the storage code is paid for only when ids are recorded
 
-    database = config.database_path
+    database = describe(config)
     try:
-        database.parent.mkdir(parents=True, exist_ok=True)
-        connection = connect(database, config["storage", "lock_timeout"])
+        connection = open_writer(config)
         try:
-            migrate(connection)
             added = add_expected(connection, ids)
         finally:
             connection.close()

@@ -39,7 +39,13 @@ def check_startup(config: Config, binds: bool = True) -> list[str]:
     A port another process holds is not checked: check-config runs beside
     the live daemon, whose own ports would then always look taken.
     """
-    check_database(config.database_path)
+    if config["storage", "backend"] == "postgresql":
+        from dlrd import pgsql
+
+        pgsql.require_psycopg()
+        pgsql.password(config)  # a password file dlrd cannot read is refused now, not at the first reconnect
+    else:
+        check_database(config.database_path)
     check_journal(config.journal_dir)
     warnings = check_certificates(config)
     if binds:  # not under socket activation, where systemd bound the sockets

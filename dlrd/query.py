@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from dlrd.readonly import open_read_only
+    from dlrd import storage  # the commands that do not read the database do not load it
 
     selection = Selection(
         message_ids=args.message_ids or (), sent_to=args.sent_to or (), states=args.states or (),
@@ -112,12 +112,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
         oldest_first=args.oldest_first,
     )
     check_period(selection.since, selection.until)
-    connection = open_read_only(config.database_path)
+    connection = storage.open_reader(config)
     try:
         write_rows(receipts(connection, selection), SELECTED, args.format, sys.stdout,
                    nothing="no receipt matches", table_columns=TABLE_COLUMNS)
     except sqlite3.Error as error:
-        raise StartupError(f"cannot read the database {config.database_path}: {error}") from None
+        raise StartupError(f"cannot read the database {storage.describe(config)}: {error}") from None
     finally:
         connection.close()
     return EXIT_OK
@@ -133,17 +133,17 @@ def check_period(since: datetime | None, until: datetime | None) -> None:
 def receipts(connection: sqlite3.Connection, selection: Selection) -> Iterator[dict[str, Any]]:
     """The selected receipts as journal records, one at a time, straight from the cursor."""
     sql, parameters = build_sql(selection)
-    for values in connection.execute(sql, parameters):
-        yield journal_record(values)
+    for *values, node in connection.execute(sql, parameters):
+        yield journal_record(values, node)
 
 
-def journal_record(values: Sequence[Any]) -> dict[str, Any]:
-    """A receipts row (SELECTED's columns) as dlrd.journal writes it."""
-    return journal.journal_record(dict(zip(SELECTED, values, strict=True)))
+def journal_record(values: Sequence[Any], node: str = "") -> dict[str, Any]:
+    """A receipts row (SELECTED's columns) as dlrd.journal writes it, with the node that stored it."""
+    return journal.journal_record(dict(zip(SELECTED, values, strict=True)), node)
 
 
 def build_sql(selection: Selection) -> tuple[str, list[Any]]:
-    """The statement and parameters for `selection`.
+    """The statement and parameters for `selection`: SELECTED's columns, then the node that stored the row.
 
     Each condition is on an indexed column as stored (received_at is
     compared as the same fixed-width UTC text), so SQLite looks rows up by
@@ -158,6 +158,7 @@ def build_sql(selection: Selection) -> tuple[str, list[Any]]:
         where_prefix, columns = "chosen.", ", ".join(f"r.{name}" for name in SELECTED)
     else:
         source, where_prefix, columns = "receipts AS r", "r.", ", ".join(f"r.{name}" for name in SELECTED)
+    columns += ", r.node"
     clauses: list[str] = []
     parameters: list[Any] = []
 

@@ -140,13 +140,17 @@ class RebuildReport:
         return "\n".join(lines)
 
 
-def rebuild_from_journals(database: Path, files: list[Path], progress: TextIO | None = None) -> RebuildReport:
+def rebuild_from_journals(database: Path, files: list[Path], progress: TextIO | None = None,
+                          connection: Any = None) -> RebuildReport:
     """Insert every receipt the journal files hold into `database` under its journal id; report what was not.
 
     The database is created or migrated first; a daemon may be serving on
     it meanwhile. Files are read in the order of their first id (see the
     module docstring); progress, when given, gets a line per file and one
-    every PROGRESS_SECONDS.
+    every PROGRESS_SECONDS. `connection`, when given, is the database
+    already opened and migrated (PostgreSQL's, dlrd.pgsql.PgConnection):
+    several nodes' journals merge into it, each line under its own id,
+    and new receipts then get ids past the largest.
     """
     started = time.monotonic()
     for path in files:
@@ -156,14 +160,17 @@ def rebuild_from_journals(database: Path, files: list[Path], progress: TextIO | 
         except OSError as error:
             raise StartupError(f"cannot read the journal file {path}: {error.strerror or error}") from None
     report = RebuildReport(files=len(files))
+    if connection is None:
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+            # NORMAL: in WAL mode a power cut can take the last commits, never corrupt; running again restores them.
+            connection = connect(database, LOCK_TIMEOUT_SECONDS, "normal")
+        except (OSError, sqlite3.Error) as error:
+            raise StartupError(f"cannot open the database {database}: {error}") from None
     try:
-        database.parent.mkdir(parents=True, exist_ok=True)
-        # NORMAL: in WAL mode a power cut can take the last commits, never corrupt; running again restores them.
-        connection = connect(database, LOCK_TIMEOUT_SECONDS, "normal")
-    except (OSError, sqlite3.Error) as error:
-        raise StartupError(f"cannot open the database {database}: {error}") from None
-    try:
-        migrate(connection)
+        migrate_sqlite = isinstance(connection, sqlite3.Connection)
+        if migrate_sqlite:
+            migrate(connection)
         connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         connection.execute("PRAGMA wal_autocheckpoint = 0")  # see _Loader.checkpoint
         loader = _Loader(connection, report)
@@ -174,6 +181,8 @@ def rebuild_from_journals(database: Path, files: list[Path], progress: TextIO | 
                 ticker.tick()
             ticker.file_done(path)
         loader.finish()
+        if not migrate_sqlite:
+            connection.follow_explicit_ids()
     except sqlite3.Error as error:
         raise StartupError(f"cannot rebuild into the database {database}: {error} (locked by another program for "
                            f"over {LOCK_TIMEOUT_SECONDS:g} s?); what was committed stays, and running it again "

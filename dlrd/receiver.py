@@ -15,11 +15,11 @@ from collections.abc import Container
 from dataclasses import dataclass
 from datetime import datetime
 
+from dlrd import storage
 from dlrd.auth import Credentials
 from dlrd.codes import ReportCode, ReportCodeTable
 from dlrd.config import Config
 from dlrd.errors import StorageUnavailable
-from dlrd.matching import ExpectedMessages
 from dlrd.messages import Request, Response, plain_response
 from dlrd.metrics import Metrics
 from dlrd.ratelimit import LogLimiter, LogTally, SourceBudget
@@ -143,7 +143,7 @@ class ReceiptEndpoint:
 
     def __init__(self, store: ReceiptStore, codes: ReportCodeTable, metrics: Metrics,
                  credentials: Credentials, quarantine_rate: int = 1024 * 1024, commit_timeout: float = 15.0,
-                 expected: ExpectedMessages | None = None) -> None:
+                 expected: Container[str] | None = None) -> None:
         self.store = store
         self.expected = expected  # strict_match: the ids a receipt must be for; None when it is off
         self.codes = codes
@@ -220,7 +220,7 @@ class ReceiptEndpoint:
         receipt = admitted.receipt
         arrived = time.time()
         pending = self.store.submit(insert_receipt(receipt, admitted.code, received_now(arrived),
-                                                   request.remote_addr, request.tls_client))
+                                                   request.remote_addr, request.tls_client, self.store.node))
         late = self._wait(request, envelope, pending)
         if late is not None:
             return late
@@ -320,6 +320,6 @@ def credentials(config: Config) -> Credentials:
     return Credentials(config["auth", "username"], config["auth", "pin"])
 
 
-def expected_messages(config: Config) -> ExpectedMessages | None:
+def expected_messages(config: Config) -> Container[str] | None:
     """The ids a receipt must be for under [storage] strict_match; None when it is off."""
-    return ExpectedMessages(config.database_path) if config["storage", "strict_match"] else None
+    return storage.expected_messages(config)

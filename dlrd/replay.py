@@ -79,6 +79,9 @@ def _rebuild(config: Config, files: list[Path], dry_run: bool) -> int:
 
     if dry_run:
         raise UsageError("--dry-run goes with --quarantine only")
-    report = rebuild_from_journals(config.database_path, files, progress=sys.stderr)
+    from dlrd import storage
+
+    connection = storage.open_writer(config) if storage.on_postgresql(config) else None
+    report = rebuild_from_journals(config.database_path, files, progress=sys.stderr, connection=connection)
     print(report)
     return EXIT_OK

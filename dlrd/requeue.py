@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from dlrd import storage
 from dlrd.auth import Credentials
 from dlrd.codes import ReportCodeTable
 from dlrd.config import Config
@@ -27,7 +28,7 @@ from dlrd.receiver import (
 )
 from dlrd.review import selected
 from dlrd.soap import REDACTED_PIN, EnvelopeRejected, parse_envelope, version_from_content_type
-from dlrd.store import ReceiptInsert, connect, insert_receipts, migrate
+from dlrd.store import ReceiptInsert
 
 BATCH = 500
 
@@ -44,16 +45,16 @@ class ReplayReport:
 
 def replay_quarantine(config: Config, args: argparse.Namespace) -> ReplayReport:
     """Replay the selected rows in batches, each batch one transaction."""
-    database = config.database_path
-    if not database.is_file():
+    database = storage.describe(config)
+    if not storage.on_postgresql(config) and not config.database_path.is_file():
         raise StartupError(f"no database at {database}: nothing was quarantined there")
     codes = ReportCodeTable(config.report_codes)
-    rules = (credentials(config), codes, expected_messages(config))
+    # The receipts it stores are this node's: its daemon journals them.
+    rules = (credentials(config), codes, expected_messages(config), config["server", "node"])
     report = ReplayReport()
     try:
-        connection = connect(database, config["storage", "lock_timeout"])
-        migrate(connection)  # a quarantine kept by an older dlrd gains its kind and message_id columns
-        reader = connect(database, config["storage", "lock_timeout"])
+        connection = storage.open_writer(config)  # an older dlrd's quarantine gains its kind and message_id
+        reader = storage.open_writer(config)
         rows = selected(reader, args, "id, received_at, remote_addr, authenticated, content_type, body")
         batch: list[sqlite3.Row] = []
         for row in rows:
@@ -87,7 +88,7 @@ def _replay_batch(connection: sqlite3.Connection, rows: Iterable[sqlite3.Row], r
     # receipts already stored (a provider's retry, one kept twice) is exact.
     connection.execute("BEGIN IMMEDIATE")
     try:
-        stored = insert_receipts(connection, [job for _, job in admitted])
+        stored = storage.insert_receipts(connection, [job for _, job in admitted])
         connection.executemany("DELETE FROM quarantine WHERE id = ?", [(row_id,) for row_id, _ in admitted])
         connection.execute("ROLLBACK" if args.dry_run else "COMMIT")
     except BaseException:
@@ -106,7 +107,7 @@ def _judge(row: sqlite3.Row, rules: tuple, trust_credentials: bool) -> ReceiptIn
         envelope = parse_envelope(bytes(row["body"]), charset, version_from_content_type(media_type))
     except EnvelopeRejected as rejected:
         return f"not a receipt: {rejected.reason}"
-    creds, codes, expected = rules
+    creds, codes, expected, node = rules
     if creds.pin:
         if trust_credentials:  # the operator vouches for the PIN (redacted, or missing); the Username must match
             creds = Credentials(creds.username, "")
@@ -116,6 +117,6 @@ def _judge(row: sqlite3.Row, rules: tuple, trust_credentials: bool) -> ReceiptIn
     verdict: Admitted | Refused = admit(envelope, creds, codes, expected)
     if isinstance(verdict, Refused):
         return f"{verdict.kind}: {verdict.reason}"
-    return ReceiptInsert(verdict.receipt, verdict.code, row["received_at"], row["remote_addr"], None)
+    return ReceiptInsert(verdict.receipt, verdict.code, row["received_at"], row["remote_addr"], None, node)
 
 

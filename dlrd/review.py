@@ -16,7 +16,7 @@ from datetime import datetime
 from dlrd.config import Config
 from dlrd.errors import EXIT_OK, UsageError
 from dlrd.output import visible, write_rows
-from dlrd.readonly import open_read_only
+from dlrd.storage import open_reader
 from dlrd.timespec import moment_argument, stored_text
 
 LIST_COLUMNS = ("id", "received_at", "remote_addr", "kind", "message_id", "reason")
@@ -89,14 +89,14 @@ def selection_sql(ids: list[int] | None, since: datetime | None, until: datetime
 
 
 def run_list(args: argparse.Namespace, config: Config) -> int:
-    connection = open_read_only(config.database_path)
+    connection = open_reader(config)
     rows = (dict(row) for row in selected(connection, args, ", ".join(LIST_COLUMNS)))
     write_rows(rows, LIST_COLUMNS, args.format, sys.stdout, nothing="the quarantine holds no such request")
     return EXIT_OK
 
 
 def run_show(args: argparse.Namespace, config: Config) -> int:
-    connection = open_read_only(config.database_path)
+    connection = open_reader(config)
     connection.row_factory = sqlite3.Row
     row = connection.execute("SELECT * FROM quarantine WHERE id = ?", (args.id,)).fetchone()
     if row is None:

@@ -114,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from dlrd.readonly import open_read_only
+    from dlrd import storage  # the commands that do not read the database do not load it
 
     until = args.until or datetime.now(UTC)
     since = args.since or until - DEFAULT_PERIOD
@@ -124,11 +124,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if buckets > MAX_BUCKETS:
         raise UsageError(f"--by {by} from {stored_text(since)} to {stored_text(until)} would be {buckets:,.0f} rows "
                          f"(at most {MAX_BUCKETS:,}): use {'--by day or ' if by == 'hour' else ''}a shorter period")
-    connection = open_read_only(config.database_path)
+    connection = storage.open_reader(config)
     try:
         summary = summarise(connection, since, until, by)
     except sqlite3.Error as error:
-        raise StartupError(f"cannot read the database {config.database_path}: {error}") from None
+        raise StartupError(f"cannot read the database {storage.describe(config)}: {error}") from None
     finally:
         connection.close()
     if resolve_format(args.format, sys.stdout) == "json":

@@ -34,6 +34,26 @@ log = logging.getLogger("dlrd.store")
 
 MAX_BATCH = 512
 
+# The same on both engines (dlrd/pgsql.py uses it too).
+LATEST_STATE_VIEW = """
+        -- A final state is never replaced by a later non-final one; among
+        -- equals the newer Timestamp1 wins (receipts arrive out of order).
+        -- Timestamps are compared as text to the microsecond (julianday()
+        -- keeps only milliseconds): seconds, then the fraction or 000000.
+        CREATE VIEW latest_state AS
+        SELECT id, message_id, sent_to, report, label, state, final, timestamp, received_at
+        FROM (
+            SELECT *, row_number() OVER (
+                PARTITION BY message_id, sent_to
+                ORDER BY final DESC, substr(timestamp, 1, 19) DESC,
+                         CASE WHEN length(timestamp) = 27 THEN substr(timestamp, 21, 6) ELSE '000000' END DESC,
+                         id DESC
+            ) AS rank
+            FROM receipts
+        ) AS ranked
+        WHERE rank = 1;
+"""
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "receipts, quarantine and latest_state", """
         CREATE TABLE receipts (
@@ -61,22 +81,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             content_type TEXT NOT NULL,
             body BLOB NOT NULL
         );
-        -- A final state is never replaced by a later non-final one; among
-        -- equals the newer Timestamp1 wins (receipts arrive out of order).
-        -- Timestamps are compared as text to the microsecond (julianday()
-        -- keeps only milliseconds): seconds, then the fraction or 000000.
-        CREATE VIEW latest_state AS
-        SELECT id, message_id, sent_to, report, label, state, final, timestamp, received_at
-        FROM (
-            SELECT *, row_number() OVER (
-                PARTITION BY message_id, sent_to
-                ORDER BY final DESC, substr(timestamp, 1, 19) DESC,
-                         CASE WHEN length(timestamp) = 27 THEN substr(timestamp, 21, 6) ELSE '000000' END DESC,
-                         id DESC
-            ) AS rank
-            FROM receipts
-        )
-        WHERE rank = 1;
+    """ + LATEST_STATE_VIEW + """
         CREATE TABLE journal_position (
             only_row INTEGER PRIMARY KEY CHECK (only_row = 1),
             last_id INTEGER NOT NULL
@@ -114,11 +119,16 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE quarantine_v2 RENAME TO quarantine;
         CREATE INDEX quarantine_received_at ON quarantine (received_at);
     """),
+    (3, "the node that stored each receipt", """
+        -- [server] node of the daemon that stored the row, as on its journal line;
+        -- empty for rows stored before this migration and rows rebuilt from journals.
+        ALTER TABLE receipts ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    """),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _RECEIPT_COLUMNS = ("received_at", "message_id", "sent_to", "report", "timestamp", "timestamp_raw",
-                    "label", "state", "final", "remote_addr", "tls_client")
+                    "label", "state", "final", "remote_addr", "tls_client", "node")
 # A batch of receipts is stored with one statement: in autocommit mode it
 # is its own transaction, so the batch costs the writer one call into SQLite
 # (one release of the GIL) instead of one per receipt plus BEGIN and COMMIT;
@@ -150,13 +160,13 @@ def _insert_values(rows: int) -> str:
 _FIND_RECEIPT = "SELECT id FROM receipts WHERE message_id = ? AND sent_to = ? AND report = ? AND timestamp = ?"
 
 
-_PROBE_RECEIPT = ("", "dlrd-health-probe", "", 0, "", "", "", "", 0, "", None)
+_PROBE_RECEIPT = ("", "dlrd-health-probe", "", 0, "", "", "", "", 0, "", None, "")
 # A row that holds an id in place inside one transaction, so that the
 # receipts after it get higher ids (SQLite gives a new row the largest id
 # plus one); deleted again before the commit, so no reader ever sees it.
 # OR IGNORE: `dlrd replay --journal` may have put the real row with that id back already.
 _HOLD_ID = f"INSERT OR IGNORE INTO receipts (id, {', '.join(_RECEIPT_COLUMNS)}) VALUES (?, {_COLUMN_PLACEHOLDERS})"
-_ID_HOLDER = ("", "dlrd-id-placeholder", "", 0, "", "", "", "", 0, "", None)
+_ID_HOLDER = ("", "dlrd-id-placeholder", "", 0, "", "", "", "", 0, "", None, "")
 
 
 class ReceiptInsert:
@@ -169,9 +179,9 @@ class ReceiptInsert:
     __slots__ = ("params", "record")
 
     def __init__(self, receipt: Receipt, code: ReportCode, received_at: str, remote_addr: str,
-                 tls_client: str | None) -> None:
+                 tls_client: str | None, node: str = "") -> None:
         self.params = (received_at, receipt.message_id, receipt.sent_to, receipt.report, receipt.timestamp,
-                       receipt.timestamp_raw, code.label, code.state, int(code.final), remote_addr, tls_client)
+                       receipt.timestamp_raw, code.label, code.state, int(code.final), remote_addr, tls_client, node)
         self.record = {
             "id": 0, "received_at": received_at, "message_id": receipt.message_id, "sent_to": receipt.sent_to,
             "report": receipt.report, "label": code.label, "state": code.state, "final": code.final,
@@ -193,9 +203,9 @@ class ReceiptInsert:
 
 
 def insert_receipt(receipt: Receipt, code: ReportCode, received_at: str, remote_addr: str,
-                   tls_client: str | None = None) -> ReceiptInsert:
-    """The job that stores a receipt, or finds the stored one it duplicates."""
-    return ReceiptInsert(receipt, code, received_at, remote_addr, tls_client)
+                   tls_client: str | None = None, node: str = "") -> ReceiptInsert:
+    """The job that stores a receipt as `node`'s, or finds the stored one it duplicates."""
+    return ReceiptInsert(receipt, code, received_at, remote_addr, tls_client, node)
 
 
 def insert_receipts(connection: sqlite3.Connection, jobs: list[ReceiptInsert]) -> list[StoredReceipt]:
@@ -642,9 +652,13 @@ class Checkpointer:
 class ReceiptStore:
     """The database and journal behind one writer thread."""
 
+    # What the database raises; a subclass for another engine names its own.
+    database_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
     def __init__(self, database: Path, journal: JournalWriter, synchronous: str = "full",
-                 lock_timeout: float = 5.0, quarantine_max_bytes: int = 64 * 1024 * 1024) -> None:
+                 lock_timeout: float = 5.0, quarantine_max_bytes: int = 64 * 1024 * 1024, node: str = "") -> None:
         self.database = database
+        self.node = node  # on every journal line
         self.journal = journal
         self.synchronous = synchronous
         self.lock_timeout = lock_timeout
@@ -708,13 +722,17 @@ class ReceiptStore:
             disk = self._disk_state()
             raise StartupError(f"cannot open the database {self.database} or the journal in "
                                f"{self.journal.directory}: {error}{f' ({disk})' if disk else ''}") from None
+        self._start_writer()
+        assert self._database_file is not None
+        self._checkpointer = Checkpointer(self.database, self.lock_timeout, self.synchronous, self._database_file)
+        self._checkpointer.start()
+
+    def _start_writer(self) -> None:
+        """Journal what was committed but not journaled before the last stop, then take jobs."""
         self._journal_committed(at_start=True)
         self._linked_id = self._journaled_id
         self._thread = threading.Thread(target=self._run, name="dlrd-writer", daemon=True)
         self._thread.start()
-        assert self._database_file is not None
-        self._checkpointer = Checkpointer(self.database, self.lock_timeout, self.synchronous, self._database_file)
-        self._checkpointer.start()
 
     def close(self) -> None:
         """Finish every queued job, then close; called once the server stopped accepting."""
@@ -764,7 +782,7 @@ class ReceiptStore:
     def store_receipt(self, receipt: Receipt, code: ReportCode, received_at: str, remote_addr: str,
                       tls_client: str | None = None) -> Pending:
         """From a thread: queue a receipt; its Pending finishes once it is committed."""
-        return self.submit(insert_receipt(receipt, code, received_at, remote_addr, tls_client))
+        return self.submit(insert_receipt(receipt, code, received_at, remote_addr, tls_client, self.node))
 
     def reopen_journal(self, fsync: bool | None = None, rotation: Rotation | None = None) -> Pending:
         """Close and reopen receipts.jsonl between two batches (after an external logrotate moved it),
@@ -865,7 +883,7 @@ class ReceiptStore:
         except DatabaseLost:
             self._refuse_batch(batch, self._database_lost() or StorageCondition("lost", "the database was lost"))
             return
-        except sqlite3.Error as error:
+        except self.database_errors as error:
             self.quarantine_budget.used = None  # the failed transaction may have counted rows it did not keep
             condition = self._condition_of(error)
             if condition is None:
@@ -890,8 +908,7 @@ class ReceiptStore:
                 self.on_commit(held)
         self._recover()
         new = [result for result in results if isinstance(result, StoredReceipt) and not result.duplicate]
-        if new and self.journal_writable and new[0].id == self._journaled_id + 1 \
-                and new[-1].id - new[0].id == len(new) - 1:
+        if new and self.journal_writable and self._follows_journal(new):
             # The usual case: the batch's receipts follow the journal's last line.
             self._journal_committed(new)
         elif new or not self.journal_writable:
@@ -899,6 +916,15 @@ class ReceiptStore:
         for (_job, pending), result in zip(batch, results):
             pending.set_result(result)
         self._bound_write_ahead_log()
+
+    def _follows_journal(self, new: list[StoredReceipt]) -> bool:
+        """The receipts a batch stored come right after the journal's last line, with nothing between.
+
+        In SQLite a new row gets the largest id plus one, so a batch follows
+        when its ids continue the journal's without a gap; rows in a gap were
+        stored by another program and are read back from the database.
+        """
+        return new[0].id == self._journaled_id + 1 and new[-1].id - new[0].id == len(new) - 1
 
     def _refuse_batch(self, batch: list[tuple[Job, Pending]], condition: StorageCondition) -> None:
         self._fail(condition)
@@ -995,12 +1021,7 @@ class ReceiptStore:
         now = time.monotonic()
         if now < self._position_due and not self._id_floor and all(type(job) is ReceiptInsert for job in jobs):
             return insert_receipts(connection, jobs)  # type: ignore[arg-type]
-        if self._rewind_if_journal_deleted():
-            try:
-                self.journal.reopen()
-            except OSError as error:  # the next append opens it, or reports why it cannot
-                log.debug("could not make the journal again yet: %s", error)
-        position = self._durable_position()
+        position = self._position_to_record()
         floor = self._id_floor
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -1023,6 +1044,15 @@ class ReceiptStore:
         if floor and any(isinstance(result, StoredReceipt) and not result.duplicate for result in results):
             self._id_floor = 0  # a stored receipt now holds the largest id itself
         return results
+
+    def _position_to_record(self) -> int | None:
+        """Once a POSITION_SECONDS: the journal made again if it was deleted, then the position to record."""
+        if self._rewind_if_journal_deleted():
+            try:
+                self.journal.reopen()
+            except OSError as error:  # the next append opens it, or reports why it cannot
+                log.debug("could not make the journal again yet: %s", error)
+        return self._durable_position()
 
     def _journal_opened(self) -> None:
         """A new receipts.jsonl (a rotation): the lines so far are safe in the old file, under its new name."""
@@ -1057,15 +1087,19 @@ class ReceiptStore:
         if position is None or self._connection is None or self._condition is not None:
             return  # failing storage would only make the stop wait for lock_timeout
         try:
-            self._connection.execute("UPDATE journal_position SET last_id = ?", (position,))
-        except sqlite3.Error as error:
+            self._save_position(position)
+        except self.database_errors as error:
             log.debug("could not record the journal position: %s", error)
+
+    def _save_position(self, position: int) -> None:
+        assert self._connection is not None
+        self._connection.execute("UPDATE journal_position SET last_id = ?", (position,))
 
     def _reopen_journal(self, fsync: bool | None, rotation: Rotation | None) -> None:
         if self._connection is not None:
             try:
                 self.quarantine_budget.count(self._connection)  # SIGHUP: rows an operator deleted make room
-            except sqlite3.Error as error:
+            except self.database_errors as error:
                 log.debug("could not count the quarantine: %s", error)
         deleted = self._rewind_if_journal_deleted()
         self.journal.reopen(fsync, rotation)
@@ -1092,15 +1126,15 @@ class ReceiptStore:
         database instead, so the daemon stays the journal's one writer.
         """
         try:
-            if batch and batch[0].id <= self._journaled_id + 1:
-                self.journal.append(journal_line(stored.record) for stored in batch if stored.record)
+            if batch:
+                self.journal.append(journal_line(stored.record, self.node) for stored in batch if stored.record)
                 self._journaled_id = batch[-1].id
                 count = len(batch)
             else:
                 count = self._catch_up_journal()
         except DatabaseLost:
             return  # the writer reports that condition; the journal catches up once the file is back
-        except (OSError, sqlite3.Error) as error:
+        except (OSError, *self.database_errors) as error:
             if self.journal_writable:
                 log.error("cannot write the journal %s: %s; receipts are safe in the database and will be "
                           "appended once it is writable", self.journal.path, error)
@@ -1119,11 +1153,15 @@ class ReceiptStore:
         if self._condition is not None or self._connection is None:
             return
         try:
-            newest = self._connection.execute("SELECT coalesce(max(id), 0) FROM receipts").fetchone()[0]
-        except sqlite3.Error:
+            newest = self._newest_id()
+        except self.database_errors:
             return  # the next batch meets the same error and reports it
         if newest > self._journaled_id:
             self._journal_committed()
+
+    def _newest_id(self) -> int:
+        """The largest receipt id that belongs in this node's journal."""
+        return self._writer_connection().execute("SELECT coalesce(max(id), 0) FROM receipts").fetchone()[0]
 
     def _catch_up_journal(self) -> int:
         """Append the receipts with an id past the last journaled one, in chunks; returns how many."""
@@ -1131,7 +1169,7 @@ class ReceiptStore:
         while True:
             rows = self._rows_after(self._journaled_id, JOURNAL_CHUNK)
             if rows:
-                self.journal.append(journal_line(row) for row in rows)
+                self.journal.append(journal_line(row, self.node) for row in rows)
                 self._journaled_id = rows[-1]["id"]
                 count += len(rows)
             if len(rows) < JOURNAL_CHUNK:
@@ -1148,7 +1186,7 @@ class ReceiptStore:
         if self._connection is not None:
             try:
                 self._connection.close()
-            except sqlite3.Error:
+            except self.database_errors:
                 pass
             self._connection = None
 

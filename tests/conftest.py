@@ -27,10 +27,64 @@ from wire import wait_for
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class Daemon:
-    """One `dlrd serve` subprocess and the files it owns."""
+class PgDatabase:
+    """A fresh database on the test cluster, and the ini lines that point a daemon at it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, cluster, directory: Path) -> None:
+        from pg_cluster import ROLE_PASSWORD
+
+        self.cluster = cluster
+        self.name = cluster.database()
+        self.dsn = cluster.dsn(self.name)
+        self.password_file = directory / "pg-password"
+        self.password_file.write_text(ROLE_PASSWORD + "\n")
+        self.password_file.chmod(0o600)
+
+    def ini(self) -> str:
+        return f"[storage]\nbackend = postgresql\ndsn = {self.dsn}\npassword_file = {self.password_file}\n"
+
+    def connect(self):
+        import psycopg
+        from pg_cluster import ROLE_PASSWORD
+        from psycopg.rows import dict_row
+
+        return psycopg.connect(self.dsn, password=ROLE_PASSWORD, autocommit=True, row_factory=dict_row)
+
+    def rows(self, query: str, *params: object) -> list[dict]:
+        """The rows of a query written for sqlite3 (`?` placeholders), read with psycopg."""
+        from dlrd.pgsql import translate
+
+        statement, values = translate(query, params)
+        with self.connect() as connection:
+            cursor = connection.execute(statement, values or None)
+            return [_Row(row) for row in cursor.fetchall()] if cursor.description else []
+
+
+class _Row:
+    """A psycopg dict row read as the tests read sqlite3.Row: by name, by position, as a tuple, or dict(row)."""
+
+    def __init__(self, row: dict) -> None:
+        self._row = row
+        self._values = tuple(row.values())
+
+    def keys(self) -> list[str]:
+        return list(self._row)
+
+    def __getitem__(self, key):
+        return self._values[key] if isinstance(key, int | slice) else self._row[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+class Daemon:
+    """One `dlrd serve` subprocess and the files it owns; its database SQLite, or PostgreSQL when given one."""
+
+    def __init__(self, directory: Path, postgres: PgDatabase | None = None) -> None:
+        self.postgres = postgres
         self.directory = directory
         self.data = directory / "data"
         self.ini = directory / "dlrd.ini"
@@ -43,11 +97,14 @@ class Daemon:
             [server]
             listen = 127.0.0.1:0
             path = /, /cgi-bin/deliveryrecript.pl
+            node = test-node
             [storage]
             database = {self.data / "dlrd.db"}
             [journal]
             directory = {self.data}
         """)
+        if self.postgres is not None:
+            base = merge_ini(base, self.postgres.ini())
         return merge_ini(base, textwrap.dedent(extra))
 
     def start(self, extra: str = "", env: dict[str, str] | None = None, wait: bool = True,
@@ -117,6 +174,8 @@ class Daemon:
         return connection
 
     def rows(self, query: str, *params: object) -> list[sqlite3.Row]:
+        if self.postgres is not None:
+            return self.postgres.rows(query, *params)
         with self.db() as connection:
             return connection.execute(query, params).fetchall()
 
@@ -166,13 +225,38 @@ def merge_ini(base: str, extra: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A private PostgreSQL cluster for the session (tests/pg_cluster.py); skipped where no server is installed."""
+    from pg_cluster import remove_cluster, start_cluster
+
+    cluster = start_cluster()
+    if cluster is None:
+        pytest.skip("no PostgreSQL server is installed (.ci/run installs Debian's postgresql)")
+    yield cluster
+    remove_cluster(cluster)
+
+
 @pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[callable]:
+def backend() -> str:
+    """The storage backend of the daemons a test starts; modules that run on both parametrize it."""
+    return "sqlite"
+
+
+def _postgres_for(backend: str, request, directory: Path) -> PgDatabase | None:
+    if backend != "postgresql":
+        return None
+    return PgDatabase(request.getfixturevalue("pg_cluster"), directory)
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path, backend: str, request) -> Iterator[callable]:
     """Start daemons on demand; any still running at the end must stop cleanly."""
     started: list[Daemon] = []
+    postgres = _postgres_for(backend, request, tmp_path)
 
     def make(extra: str = "", name: str = "d", **kwargs) -> Daemon:
-        daemon = Daemon(tmp_path / name)
+        daemon = Daemon(tmp_path / name, postgres)
         daemon.directory.mkdir(exist_ok=True)
         started.append(daemon)
         return daemon.start(extra, **kwargs)
@@ -190,13 +274,20 @@ def daemon(daemon_factory) -> Daemon:
 
 
 @pytest.fixture(scope="module")
-def module_daemon(tmp_path_factory) -> Iterator[Daemon]:
+def module_backend() -> str:
+    """module_daemon's backend; modules that run on both parametrize it."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="module")
+def module_daemon(tmp_path_factory, module_backend: str, request) -> Iterator[Daemon]:
     """One daemon shared by a whole module, for tests that each bring their own MessageIdentifiers.
 
     Starting a daemon per case would dominate the run time of the
     parametrized wire fixtures and of the hypothesis test against a live daemon.
     """
-    daemon = Daemon(tmp_path_factory.mktemp("module-daemon"))
+    directory = tmp_path_factory.mktemp("module-daemon")
+    daemon = Daemon(directory, _postgres_for(module_backend, request, directory))
     daemon.start()
     yield daemon
     if daemon.process is not None:

@@ -364,7 +364,7 @@ def test_one_line_per_stored_receipt_carrying_its_id(daemon):
     lines = daemon.journal()
     assert [(line["id"], line["message_id"]) for line in lines] == [tuple(row) for row in rows]
     assert [line["message_id"] for line in lines] == ["ONE", "TWO", "THREE"]
-    assert set(lines[0]) == {"id", "received_at", "message_id", "sent_to", "report", "label", "state", "final",
+    assert set(lines[0]) == {"id", "received_at", "message_id", "sent_to", "report", "label", "state", "final", "node",
                              "timestamp", "remote_addr"}
 
 

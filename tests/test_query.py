@@ -101,7 +101,7 @@ def test_piped_output_is_json_lines_equal_to_the_journal_lines_newest_first(fill
     # Byte for byte, so `dlrd query | jq` and `tail -F receipts.jsonl | jq` take the same filter.
     for line in result.lines():
         assert line == journal_lines[json.loads(line)["id"]]
-    assert list(result.json()[0]) == list(JOURNAL_FIELDS)
+    assert list(result.json()[0]) == [*JOURNAL_FIELDS, "node"]
 
 
 def test_a_tls_client_identity_is_printed_as_the_journal_prints_it():
