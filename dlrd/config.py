@@ -131,7 +131,7 @@ def parse_node_name(text: str) -> str:
 def parse_dsn(text: str) -> str:
     """A libpq connection string without a password: the ini is no place for a secret."""
     dsn = text.strip()
-    if re.search(r"(^|\s)password\s*=|://[^/@\s]*:[^/@\s]*@", dsn):
+    if re.search(r"(^|\s)password\s*=|://[^/@\s]*:[^/@\s]*@|[?&]password=", dsn):
         raise ValueError("holds a password; remove it and give it with password_file or password_credential")
     return dsn
 

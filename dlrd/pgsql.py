@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ INSTALL_HINT = ("[storage] backend = postgresql needs psycopg 3, which is not in
 # pg_advisory_xact_lock keys: dlrd's migrations, and each node's writer ('dlrd' in ASCII, then a crc of the node).
 MIGRATION_LOCK = 0x646C7264
 _NODE_LOCK_CLASS = 0x646C7264
+_NODE_NAME_LOCK_CLASS = 0x646C7265
 
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "receipts, quarantine, latest_state, expected_messages and a journal position per node", """
@@ -96,6 +98,9 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
+# The unique key for provider retries. Named in ON CONFLICT, so that a clash on id (a row put back
+# by `replay --journal` ahead of the sequence) is an error the writer retries, not a receipt lost.
+RECEIPT_KEY = "(message_id, sent_to, report, timestamp)"
 RECEIPT_COLUMNS = ("received_at", "message_id", "sent_to", "report", "timestamp", "timestamp_raw",
                    "label", "state", "final", "remote_addr", "tls_client", "node")
 _COLUMN_TYPES = ("text", "text", "text", "int", "text", "text", "text", "text", "int", "text", "text", "text")
@@ -105,7 +110,7 @@ INSERT_RECEIPTS = (
     f"SELECT {', '.join(f'r.{name}' for name in RECEIPT_COLUMNS)} "
     f"FROM unnest({', '.join(f'%s::{kind}[]' for kind in _COLUMN_TYPES)}) WITH ORDINALITY "
     f"AS r({', '.join(RECEIPT_COLUMNS)}, position) ORDER BY r.position "
-    "ON CONFLICT DO NOTHING RETURNING id, message_id, sent_to, report, timestamp"
+    f"ON CONFLICT {RECEIPT_KEY} DO NOTHING RETURNING id, message_id, sent_to, report, timestamp"
 )
 FIND_RECEIPTS = ("SELECT id, message_id, sent_to, report, timestamp FROM receipts "
                  "WHERE (message_id, sent_to, report, timestamp) IN "
@@ -137,15 +142,27 @@ def node_lock(node: str) -> tuple[int, int]:
     return _NODE_LOCK_CLASS, zlib.crc32(node.encode()) - 2**31
 
 
+CREDENTIAL_OUTSIDE_SYSTEMD = ("[storage] password_credential: $CREDENTIALS_DIRECTORY is not set (not started by "
+                              "systemd with LoadCredential=), so libpq's own PGPASSWORD or ~/.pgpass is used")
+
+
+def node_name_lock(node: str) -> tuple[int, int]:
+    """The session lock a node's writer holds for its name, so that a second node with the same name shows."""
+    return _NODE_NAME_LOCK_CLASS, zlib.crc32(node.encode()) - 2**31
+
+
 def password(config: Config) -> str | None:
-    """The password from password_file or the systemd credential; None leaves it to libpq (~/.pgpass)."""
+    """The password from password_file or the systemd credential; None leaves it to libpq (PGPASSWORD, ~/.pgpass).
+
+    A command run from a shell has no $CREDENTIALS_DIRECTORY: it connects
+    the way psql would, so an operator's ~/.pgpass serves it.
+    """
     if config["storage", "password_file"]:
         source, key = Path(config["storage", "password_file"]), "password_file"
     elif config["storage", "password_credential"]:
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
         if not directory:
-            raise StartupError("[storage] password_credential: $CREDENTIALS_DIRECTORY is not set; run under systemd "
-                               "with LoadCredential= or use password_file")
+            return None
         source, key = Path(directory) / config["storage", "password_credential"], "password_credential"
     else:
         return None
@@ -179,6 +196,7 @@ def connect(config: Config, statement_timeout: float | None = None) -> psycopg.C
     """
     require_psycopg()
     timeout = statement_timeout or 0.0
+    dsn = config["storage", "dsn"]
     options: dict[str, Any] = {
         "autocommit": True,
         "connect_timeout": max(2, int(timeout / 3)) if timeout else 10,
@@ -187,11 +205,13 @@ def connect(config: Config, statement_timeout: float | None = None) -> psycopg.C
     }
     if timeout:
         options["tcp_user_timeout"] = int(timeout * 1000)
-        options["options"] = f"-c statement_timeout={int(timeout * 1000)}"
+        # Added to the dsn's own options (a search_path, say), which a keyword would replace.
+        given = psycopg.conninfo.conninfo_to_dict(dsn).get("options") or ""
+        options["options"] = f"{given} -c statement_timeout={int(timeout * 1000)}".strip()
     secret = password(config)
     if secret is not None:
         options["password"] = secret
-    return psycopg.connect(config["storage", "dsn"], **options)
+    return psycopg.connect(dsn, **options)
 
 
 def open_database(config: Config, statement_timeout: float | None = None) -> psycopg.Connection:
@@ -302,23 +322,23 @@ class PgConnection:
     def in_transaction(self) -> bool:
         return self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
-    def execute(self, statement: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> _Cursor:
+    def execute(self, statement: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> _Cursor | _Selection:
         translated, values = translate(statement, parameters)
         if translated is None:
             return _Cursor(None, self.row_factory)
+        if _READS.match(translated):
+            return _Selection(self, translated, values or None)
         cursor = self._run(lambda: self.raw.execute(translated, values or None))
         self.total_changes += max(cursor.rowcount, 0) if cursor.description is None else 0
         return _Cursor(cursor, self.row_factory)
 
     def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
-        translated, _ = translate(statement, ())
-        if translated is None:
+        translations = [translate(statement, row) for row in rows]
+        if not translations or translations[0][0] is None:
             return
-        converted = [translate(statement, row)[1] for row in rows]
-        if not converted:
-            return
+        translated, values = translations[0][0], [values for _, values in translations]
         cursor = self.raw.cursor()
-        self._run(lambda: cursor.executemany(translated, converted))
+        self._run(lambda: cursor.executemany(translated, values))
         self.total_changes += max(cursor.rowcount, 0)
 
     def insert_receipts(self, jobs: Sequence[Any]) -> list[Any]:
@@ -338,6 +358,50 @@ class PgConnection:
             return call()
         except psycopg.Error as error:
             raise StartupError(f"cannot use the {self.description}: {_one_line(error)}") from None
+
+
+_READS = re.compile(r"\s*(SELECT|WITH)\b", re.I)
+STREAM_ROWS = 1000
+
+
+class _Selection:
+    """A SELECT, run when it is read: iterated, its rows stream from the server a chunk at a time.
+
+    psycopg's ordinary cursor holds the whole result in memory before the
+    first row is read: `dlrd query | head` over a year of receipts would
+    take hundreds of MB. A stream keeps memory flat, as sqlite3's cursor does.
+    """
+
+    def __init__(self, connection: PgConnection, statement: str, values: Any) -> None:
+        self._connection = connection
+        self._statement = statement
+        self._values = values
+
+    def __iter__(self) -> Iterator[Any]:
+        connection = self._connection
+        try:
+            cursor = connection.raw.cursor()
+            rows = cursor.stream(self._statement, self._values, size=STREAM_ROWS)
+            if connection.row_factory is None:
+                yield from rows
+                return
+            names: list[str] | None = None
+            for values in rows:
+                names = names or [column.name for column in cursor.description or ()]
+                yield PgRow(names, values)
+        except psycopg.Error as error:
+            raise StartupError(f"cannot use the {connection.description}: {_one_line(error)}") from None
+
+    def fetchone(self) -> Any:
+        return self._all().fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._all().fetchall()
+
+    def _all(self) -> _Cursor:
+        connection = self._connection
+        cursor = connection._run(lambda: connection.raw.execute(self._statement, self._values))
+        return _Cursor(cursor, connection.row_factory)
 
 
 class _Cursor:
@@ -364,7 +428,7 @@ class _Cursor:
         return list(self)
 
 
-_TOKENS = re.compile(r"'(?:[^']|'')*'|\?(\d*)|%")
+_TOKENS = re.compile(r"'(?:[^']|'')*'|--[^\n]*|\?(\d*)|%")
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+", re.I)
 _JSON_IDS = re.compile(r"SELECT\s+value\s+FROM\s+json_each\(\?\)", re.I)
 
@@ -380,6 +444,8 @@ def translate(statement: str, parameters: Sequence[Any] | dict[str, Any]) -> tup
     ignore = _INSERT_OR_IGNORE.match(text) is not None
     if ignore:
         text = _INSERT_OR_IGNORE.sub("INSERT ", text) + " ON CONFLICT DO NOTHING"
+    if not parameters:
+        return text, ()  # psycopg reads no placeholders, nor %% escapes, in a statement sent without parameters
     numbered = False
 
     def swap(match: re.Match[str]) -> str:
@@ -387,7 +453,7 @@ def translate(statement: str, parameters: Sequence[Any] | dict[str, Any]) -> tup
         token = match.group(0)
         if token == "%":
             return "%%"
-        if token.startswith("'"):
+        if token.startswith(("'", "--")):  # text and comments: no placeholder there, but % still escaped
             return token.replace("%", "%%")
         if match.group(1):
             numbered = True
@@ -413,25 +479,45 @@ class ExpectedMessages:
 
     One connection behind a lock: a lookup is one indexed read of well
     under a millisecond, and a connection per request thread would be up
-    to max_connections of them on a server that other nodes share.
+    to max_connections of them on a server that other nodes share. While
+    the database is out of reach, a lookup waits for the lock no longer
+    than commit_timeout, and a failed connection is tried again only
+    after RETRY_SECONDS, so a split answers 503 in time, as the writer does.
     """
+
+    RETRY_SECONDS = 1.0
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.timeout = config["storage", "commit_timeout"]
         self._lock = threading.Lock()
         self._connection: psycopg.Connection | None = None
+        self._retry_at = 0.0
+        self._failure = ""
 
     def __contains__(self, message_id: str) -> bool:
         from dlrd.errors import StorageUnavailable
 
-        with self._lock:
-            try:
-                if self._connection is None or self._connection.closed:
-                    self._connection = connect(self.config, self.config["storage", "commit_timeout"])
-                row = self._connection.execute("SELECT 1 FROM expected_messages WHERE message_id = %s",
-                                               (message_id,)).fetchone()
-            except (psycopg.Error, StartupError) as error:
-                if self._connection is not None and self._connection.broken:
-                    self._connection = None
-                raise StorageUnavailable(f"cannot read expected_messages: {_one_line(error)}") from None
+        if not self._lock.acquire(timeout=self.timeout):
+            raise StorageUnavailable("cannot read expected_messages: the lookups before this one are waiting for "
+                                     "the database")
+        try:
+            return self._look_up(message_id)
+        except (psycopg.Error, StartupError) as error:
+            if self._connection is not None and (self._connection.broken or self._connection.closed):
+                self._connection = None
+            self._failure = _one_line(error)
+            raise StorageUnavailable(f"cannot read expected_messages: {self._failure}") from None
+        finally:
+            self._lock.release()
+
+    def _look_up(self, message_id: str) -> bool:
+        if self._connection is None:
+            now = time.monotonic()
+            if now < self._retry_at:
+                raise StartupError(f"not connected ({self._failure})")
+            self._retry_at = now + self.RETRY_SECONDS
+            self._connection = connect(self.config, self.timeout)
+        row = self._connection.execute("SELECT 1 FROM expected_messages WHERE message_id = %s",
+                                       (message_id,)).fetchone()
         return row is not None

@@ -37,14 +37,27 @@ log = logging.getLogger("dlrd.store")
 
 RECONNECT_FIRST_SECONDS = 0.25
 RECONNECT_MAX_SECONDS = 2.0
+ATTEMPTS = 3  # a batch's tries: another after a connection that died while idle, or an id already taken
+# Connection errors PostgreSQL itself answered with (a wrong password, pg_hba.conf, no such database,
+# too many connections): the database is reachable and refuses this node, which retrying will not change.
+_REFUSING_CLASSES = ("28", "3D", "42", "53")
 _NEWEST = "SELECT coalesce(max(id), 0) FROM receipts WHERE node = %s"
 _ROWS_AFTER = (f"SELECT {', '.join(JOURNAL_FIELDS)}, tls_client FROM receipts WHERE node = %s AND id > %s "
                "ORDER BY id LIMIT %s")
 _PROBE = (f"INSERT INTO receipts ({', '.join(pgsql.RECEIPT_COLUMNS)}) "
           "VALUES ('', '', 'dlrd-health-probe', 0, '', '', '', '', 0, '', NULL, %s) "
           "ON CONFLICT DO NOTHING RETURNING id")
-# A connection error on one of these is the database out of reach; on any other class it refused the work.
+# A fault of one job: the batch is tried again receipt by receipt (ReceiptStore._isolate).
 _JOB_FAULTS = (psycopg.DataError, psycopg.IntegrityError)
+_SEQUENCE_END = "SELECT last_value FROM receipts_id_seq"
+
+
+class ConnectFailed(psycopg.OperationalError):
+    """The writer could not connect; `kind` is the storage condition's (unreachable, refused, config)."""
+
+    def __init__(self, text: str, kind: str) -> None:
+        super().__init__(text)
+        self.kind = kind
 
 
 class PostgresStore(ReceiptStore):
@@ -60,6 +73,11 @@ class PostgresStore(ReceiptStore):
         self.description = pgsql.describe(config)
         self.statement_timeout = config["storage", "commit_timeout"]
         self._node_lock = pgsql.node_lock(self.node)
+        # Literals, so that the three go as one simple query: the lock key is two integers, and a node
+        # name is letters, digits, '.', '_' and '-' only (config.parse_node_name).
+        lock_class, lock_key = self._node_lock
+        self._opening = (f"BEGIN; SELECT pg_advisory_xact_lock({lock_class}, {lock_key}); "
+                         f"SELECT coalesce(max(id), 0) FROM receipts WHERE node = '{self.node}'")
         self._newest_before = 0  # this node's largest id when the last batch began
         self._retry_at = 0.0
         self._retry_wait = RECONNECT_FIRST_SECONDS
@@ -74,14 +92,17 @@ class PostgresStore(ReceiptStore):
                 log.warning("the %s has synchronous_commit = off: a crash of PostgreSQL may lose receipts dlrd "
                             "answered 200; set it on (ALTER ROLE dlrd SET synchronous_commit = on)",
                             self.description)
+            if not self._claim_node_name(connection):
+                log.warning("another connection to the %s holds node name %s: another dlrd with the same "
+                            "[server] node, or the connection of one that died without closing it (it goes "
+                            "once PostgreSQL notices). Two nodes with one name each journal the other's "
+                            "receipts too: give each node its own [server] node", self.description, self.node)
             self.quarantine_budget.count(connection)
             row = connection.execute("SELECT last_id FROM journal_position WHERE node = %s", (self.node,)).fetchone()
             self.journal.on_open = self._journal_opened
             self.journal.open()
             self._journaled_id = max(self.journal.last_id(), row[0] if row else 0)
-            # A database restored from an older backup: ids the journal has handed out are not given again.
-            if self._journaled_id:
-                connection.execute(pgsql.IDS_PAST, (self._journaled_id,))
+            self._keep_ids_past_journal(connection)
         except (psycopg.Error, OSError) as error:
             self._disconnect()
             self.journal.close()
@@ -99,14 +120,34 @@ class PostgresStore(ReceiptStore):
                 raise psycopg.OperationalError(f"not connected ({self._connect_error}); trying again in "
                                                f"{self._retry_at - now:.1f} s")
             try:
-                self._connection = pgsql.connect(self.config, self.statement_timeout)
+                connection = pgsql.connect(self.config, self.statement_timeout)
+                self._claim_node_name(connection)
+                self._keep_ids_past_journal(connection)
             except (psycopg.Error, StartupError) as error:
                 self._connect_error = " ".join(str(error).split())
                 self._retry_at = now + self._retry_wait
                 self._retry_wait = min(self._retry_wait * 2, RECONNECT_MAX_SECONDS)
-                raise psycopg.OperationalError(self._connect_error) from None
+                raise ConnectFailed(self._connect_error, _connect_failure_kind(error)) from None
+            self._connection = connection
             self._retry_wait = RECONNECT_FIRST_SECONDS
         return self._connection
+
+    def _claim_node_name(self, connection: psycopg.Connection) -> bool:
+        """Hold this node's name for the connection's life; False when another connection holds it."""
+        return connection.execute("SELECT pg_try_advisory_lock(%s, %s)", pgsql.node_name_lock(self.node)).fetchone()[0]
+
+    def _keep_ids_past_journal(self, connection: psycopg.Connection) -> None:
+        """Ids the journal has given are not given again (a database restored, a lagging replica promoted).
+
+        Readers drop a repeated id as a repeated line, so a reissued id
+        would hide a new receipt from them (SQLite's store keeps the same rule).
+        """
+        end = connection.execute(_SEQUENCE_END).fetchone()[0]
+        if self._journaled_id > end:
+            log.warning("the journal names receipt id %d but the ids of the %s end at %d (restored from a backup, "
+                        "or a replica promoted?); new receipts get ids from %d on, so that no id means two "
+                        "receipts", self._journaled_id, self.description, end, self._journaled_id + 1)
+            connection.execute(pgsql.IDS_PAST, (self._journaled_id,))
 
     def _transaction(self, jobs: list[Any]) -> list[Any]:
         """One attempt, and one more on a new connection when the old one had died meanwhile.
@@ -117,23 +158,44 @@ class PostgresStore(ReceiptStore):
         store is then found by its key and answered as a duplicate.
         """
         had_connection = self._connection is not None
-        try:
-            return self._attempt(jobs)
-        except (psycopg.OperationalError, psycopg.InterfaceError):
-            if not self._drop_broken_connection() or not had_connection:
-                raise
-        return self._attempt(jobs)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return self._attempt(jobs)
+            except psycopg.errors.UniqueViolation as error:
+                # An id the sequence gave is taken: rows put back with their ids (`replay --journal`)
+                # ran ahead of it. Past them, with new ids, the receipts go in.
+                if error.diag.constraint_name != "receipts_pkey" or attempt == ATTEMPTS:
+                    raise
+                log.info("receipt ids from the sequence were taken by rows stored with ids of their own "
+                         "(dlrd replay --journal); moving the sequence past them")
+                self._writer_connection().execute(pgsql.FOLLOW_EXPLICIT_IDS)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                if not self._drop_broken_connection() or not had_connection or attempt > 1:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _attempt(self, jobs: list[Any]) -> list[Any]:
         connection = self._writer_connection()
         now = time.monotonic()
         position = self._position_to_record() if now >= self._position_due else None
-        with connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", self._node_lock)
-            self._newest_before = connection.execute(_NEWEST, (self.node,)).fetchone()[0]
+        # BEGIN, the lock and the node's largest id in one round trip; each statement of it still reads
+        # a snapshot of its own, so the largest id is read after the lock is held.
+        try:
+            opening = connection.execute(self._opening)
+            opening.nextset()
+            opening.nextset()
+            self._newest_before = opening.fetchone()[0]
             results = self._run_jobs(connection, jobs)
             if position is not None:
                 connection.execute(pgsql.SAVE_POSITION, (self.node, position))
+            connection.execute("COMMIT")
+        except BaseException:
+            if not connection.closed and connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                try:
+                    connection.execute("ROLLBACK")
+                except psycopg.Error:
+                    pass  # a lost connection: the server rolls back itself, and the caller hears the first error
+            raise
         if position is not None:
             self._position_due = now + POSITION_SECONDS
         return results
@@ -215,8 +277,22 @@ class PostgresStore(ReceiptStore):
             return None
         detail = " ".join(str(error).split()) or type(error).__name__
         self._drop_broken_connection()
+        kind = error.kind if isinstance(error, ConnectFailed) else "unreachable"
+        if kind == "refused":
+            return StorageCondition(kind, f"the {self.description} refuses this node's connection: {detail}; "
+                                          "check the password, pg_hba.conf and max_connections")
+        if kind == "config":
+            return StorageCondition(kind, f"cannot connect to the {self.description}: {detail}")
         if self._connection is None:
-            return StorageCondition("unreachable", f"cannot reach the {self.description}: {detail}; check that "
-                                                   "PostgreSQL runs and that this node can connect to it "
-                                                   "(pg_isready, [storage] dsn)")
+            return StorageCondition(kind, f"cannot reach the {self.description}: {detail}; check that "
+                                          "PostgreSQL runs and that this node can connect to it "
+                                          "(pg_isready, [storage] dsn)")
         return StorageCondition("write", f"the {self.description} refused the commit: {detail}")
+
+
+def _connect_failure_kind(error: Exception) -> str:
+    """unreachable (nothing answered, or not yet), refused (PostgreSQL said no), config (dlrd's own settings)."""
+    if isinstance(error, StartupError):
+        return "config"  # the password file went away or became unreadable
+    sqlstate = getattr(getattr(error, "diag", None), "sqlstate", None) or ""
+    return "refused" if sqlstate.startswith(_REFUSING_CLASSES) else "unreachable"

@@ -39,15 +39,18 @@ def check_startup(config: Config, binds: bool = True) -> list[str]:
     A port another process holds is not checked: check-config runs beside
     the live daemon, whose own ports would then always look taken.
     """
+    warnings = []
     if config["storage", "backend"] == "postgresql":
         from dlrd import pgsql
 
         pgsql.require_psycopg()
         pgsql.password(config)  # a password file dlrd cannot read is refused now, not at the first reconnect
+        if config["storage", "password_credential"] and "CREDENTIALS_DIRECTORY" not in os.environ:
+            warnings.append(pgsql.CREDENTIAL_OUTSIDE_SYSTEMD)
     else:
         check_database(config.database_path)
     check_journal(config.journal_dir)
-    warnings = check_certificates(config)
+    warnings += check_certificates(config)
     if binds:  # not under socket activation, where systemd bound the sockets
         check_addresses(config)
         check_ports(config)

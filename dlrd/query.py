@@ -132,9 +132,21 @@ def check_period(since: datetime | None, until: datetime | None) -> None:
 
 def receipts(connection: sqlite3.Connection, selection: Selection) -> Iterator[dict[str, Any]]:
     """The selected receipts as journal records, one at a time, straight from the cursor."""
+    if not _has_node_column(connection):
+        sql, parameters = build_sql(selection, with_node=False)
+        for values in connection.execute(sql, parameters):
+            yield journal_record(values)
+        return
     sql, parameters = build_sql(selection)
     for *values, node in connection.execute(sql, parameters):
         yield journal_record(values, node)
+
+
+def _has_node_column(connection: Any) -> bool:
+    """False for an SQLite database from before schema 3 (a copy, or one no daemon has opened since the upgrade)."""
+    if not isinstance(connection, sqlite3.Connection):
+        return True  # PostgreSQL's schema has had it from the start
+    return any(row[1] == "node" for row in connection.execute("PRAGMA table_info(receipts)"))
 
 
 def journal_record(values: Sequence[Any], node: str = "") -> dict[str, Any]:
@@ -142,7 +154,7 @@ def journal_record(values: Sequence[Any], node: str = "") -> dict[str, Any]:
     return journal.journal_record(dict(zip(SELECTED, values, strict=True)), node)
 
 
-def build_sql(selection: Selection) -> tuple[str, list[Any]]:
+def build_sql(selection: Selection, with_node: bool = True) -> tuple[str, list[Any]]:
     """The statement and parameters for `selection`: SELECTED's columns, then the node that stored the row.
 
     Each condition is on an indexed column as stored (received_at is
@@ -158,7 +170,8 @@ def build_sql(selection: Selection) -> tuple[str, list[Any]]:
         where_prefix, columns = "chosen.", ", ".join(f"r.{name}" for name in SELECTED)
     else:
         source, where_prefix, columns = "receipts AS r", "r.", ", ".join(f"r.{name}" for name in SELECTED)
-    columns += ", r.node"
+    if with_node:
+        columns += ", r.node"
     clauses: list[str] = []
     parameters: list[Any] = []
 

@@ -1226,6 +1226,7 @@ class ReceiptStore:
         """Log a failure once per condition; one that keeps coming back is logged once per RELAPSE_SECONDS."""
         now = time.monotonic()
         if self._condition is not None and condition.kind == self._condition.kind:
+            self._condition = condition  # /healthz tells the latest words; the kind is logged already
             if self._silent and now - self._logged_at >= RELAPSE_SECONDS:
                 self._log_failure(condition, now)  # still failing: the log must not end on "commits again"
             return

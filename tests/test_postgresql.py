@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,9 @@ def test_a_password_in_the_dsn_is_refused_and_the_ini_names_where_it_goes(tmp_pa
     ini.write_text("[storage]\nbackend = postgresql\ndsn = host=db1 dbname=dlrd user=dlrd password=hunter2\n")
 
     with pytest.raises(ConfigError, match="holds a password; remove it and give it with password_file"):
+        load_config(str(ini), environ={})
+    ini.write_text("[storage]\nbackend = postgresql\ndsn = postgresql://dlrd@db1/dlrd?password=hunter2\n")
+    with pytest.raises(ConfigError, match="holds a password"):
         load_config(str(ini), environ={})
 
 
@@ -129,6 +133,8 @@ def test_the_command_sql_is_translated_for_psycopg_and_quoted_text_is_left_alone
     assert translate("INSERT OR IGNORE INTO t (a, b, c) VALUES (?1, ?2, ?1)", ("x", True)) == \
         ("INSERT INTO t (a, b, c) VALUES (%(p1)s, %(p2)s, %(p1)s) ON CONFLICT DO NOTHING", {"p1": "x", "p2": 1})
     assert translate("BEGIN IMMEDIATE", ()) == ("BEGIN", ())
+    assert translate("SELECT 100 % 7", ()) == ("SELECT 100 % 7", ())  # no parameters: psycopg reads no escapes
+    assert translate("SELECT ? -- is it? 5%", (1,)) == ("SELECT %s -- is it? 5%%", [1])
     assert translate("PRAGMA wal_checkpoint(PASSIVE)", ()) == (None, ())
     assert translate("SELECT id FROM r WHERE id IN (SELECT value FROM json_each(?))", ("[1]",))[0] == \
         "SELECT id FROM r WHERE id IN (SELECT value::bigint FROM json_array_elements_text(%s::json))"
@@ -365,3 +371,91 @@ def test_a_second_node_on_the_same_journal_directory_is_refused(nodes, pg: PgDat
     second.process = None
     assert f"another dlrd (pid {first.process.pid}) journals into {first.data}" in second.log()
     assert soap_report(post(first.address, receipt_body("STILL1"))) == 0
+
+
+def test_ids_put_back_ahead_of_the_sequence_while_a_node_runs_cost_no_receipt(nodes, pg: PgDatabase):
+    node = nodes("a")
+    assert soap_report(post(node.address, receipt_body("AHEAD0"))) == 0
+    [first] = pg.rows("SELECT id FROM receipts")
+    for offset in (1, 2, 3):  # what `replay --journal` of another node's journal does meanwhile
+        pg.rows("INSERT INTO receipts (id, received_at, message_id, sent_to, report, timestamp, timestamp_raw, "
+                "label, state, final, remote_addr) VALUES (?, '2026-12-01T00:00:00.000Z', ?, '447009123456', 0, "
+                "'2026-12-01T00:00:00Z', '2026-12-01T00:00:00Z', 'Accepted by phone', 'delivered', 1, '127.0.0.1')",
+                first[0] + offset, f"PUTBACK{offset}")
+
+    assert [soap_report(post(node.address, receipt_body(f"AHEAD{n}"))) for n in range(1, 5)] == [0] * 4
+    ids = [row["id"] for row in pg.rows("SELECT id FROM receipts WHERE message_id LIKE 'AHEAD%' ORDER BY id")]
+    assert len(ids) == 5 and all(receipt_id > first[0] + 3 for receipt_id in ids[1:])
+    wait_for(lambda: [line["id"] for line in node.journal()] == ids, 10, "the journal to hold the five")
+
+
+def test_a_database_whose_ids_went_back_gives_no_id_twice_after_a_reconnect(nodes, pg: PgDatabase):
+    node = nodes("a")
+    for number in range(5):
+        assert soap_report(post(node.address, receipt_body(f"BACK{number}"))) == 0
+    journaled = wait_for(lambda: len(node.journal()) == 5 and node.journal(), 10, "five journal lines")
+    # A replica that lagged is promoted: the last rows and the sequence go back; the node's connection drops.
+    pg.cluster.psql("DELETE FROM receipts WHERE message_id IN ('BACK3', 'BACK4')", pg.name)
+    pg.cluster.psql(f"SELECT setval('receipts_id_seq', {journaled[2]['id']})", pg.name)
+    pg.cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'dlrd a'")
+
+    assert soap_report(post(node.address, receipt_body("BACK5"))) == 0
+
+    [row] = pg.rows("SELECT id FROM receipts WHERE message_id = 'BACK5'")
+    assert row["id"] > journaled[-1]["id"]
+    assert "new receipts get ids from" in node.log()
+
+
+def test_healthz_tells_the_latest_reason_and_the_node_recovers_from_each(nodes, pg: PgDatabase):
+    node = nodes("a", "[storage]\ncommit_timeout = 5\n")
+    health = node.urls[0] + "/healthz"
+    pg.cluster.stop("fast")
+    try:
+        assert post(node.address, receipt_body("DOWN1")).status == 503
+        reason = wait_for(lambda: (answer := get(health))[0] == 503 and answer[1], 10, "/healthz to answer 503")
+        assert "cannot reach the PostgreSQL database" in reason
+        hidden = pg.password_file.with_name("moved-away")
+        pg.password_file.rename(hidden)
+    finally:
+        pg.cluster.start()
+    try:
+        wait_for(lambda: post(node.address, receipt_body("DOWN2")).status == 503
+                 and "cannot read" in get(health)[1], 15, "/healthz to name the password file")
+    finally:
+        hidden.rename(pg.password_file)
+    wait_for(lambda: soap_report(post(node.address, receipt_body("DOWN3"))) == 0, 15, "a 200 once it can connect")
+    assert get(health)[0] == 200
+    assert "storage commits again after" in node.log()
+
+
+def test_a_second_node_with_the_same_name_is_warned_of(nodes, pg: PgDatabase, tmp_path: Path):
+    nodes("a")
+    twin = Daemon(tmp_path / "twin", pg)
+    twin.directory.mkdir()
+    twin.start("[server]\nnode = a\n")
+    try:
+        assert "holds node name a" in twin.log()
+    finally:
+        assert twin.stop() == 0
+
+
+def test_a_commit_held_up_past_commit_timeout_is_503_and_the_next_one_commits(nodes, pg: PgDatabase):
+    """Something holds the node's writer lock (a stuck `dlrd replay`): the statement times out, the
+    transaction is rolled back, and once the lock is let go the node commits again."""
+    from dlrd.pgsql import node_lock
+
+    node = nodes("a", "[storage]\ncommit_timeout = 2\n")
+    with pg.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", node_lock("a"))
+        started = time.monotonic()
+        answer = post(node.address, receipt_body("HELD1"))
+        waited = time.monotonic() - started
+        holder.execute("ROLLBACK")
+
+    assert answer.status == 503 and answer.header("retry-after")
+    assert waited < 5
+    wait_for(lambda: soap_report(post(node.address, receipt_body("HELD2"))) == 0, 15, "a commit once it is let go")
+    stored = {row["message_id"] for row in pg.rows("SELECT message_id FROM receipts")}
+    assert "HELD2" in stored
+    wait_for(lambda: "HELD2" in {line["message_id"] for line in node.journal()}, 10, "HELD2 journaled")

@@ -407,3 +407,22 @@ def test_the_help_lists_every_option(filled):
                    "--oldest-first", "--format", "--config"):
         assert option in text
     assert "newest first" in text and "journal" in text
+
+
+def test_a_database_from_before_the_node_column_is_read_as_it_is(filled, tmp_path):
+    """A copy taken before the upgrade (schema 2), read by the new dlrd without a daemon to migrate it."""
+    copy = tmp_path / "before.db"
+    source, target = sqlite3.connect(filled.data / "dlrd.db"), sqlite3.connect(copy)
+    source.backup(target)
+    source.close()
+    target.execute("ALTER TABLE receipts DROP COLUMN node")
+    target.execute("PRAGMA user_version = 2")
+    target.commit()
+    target.close()
+    ini = tmp_path / "before.ini"
+    ini.write_text(f"[storage]\ndatabase = {copy}\n")
+
+    result = run_cli(ini, "query", "--limit", "2")
+
+    assert result.returncode == 0, result.stderr
+    assert [list(record) for record in result.json()] == [list(JOURNAL_FIELDS)] * 2
