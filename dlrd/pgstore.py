@@ -81,7 +81,8 @@ class PostgresStore(ReceiptStore):
         self._newest_before = 0  # this node's largest id when the last batch began
         self._retry_at = 0.0
         self._retry_wait = RECONNECT_FIRST_SECONDS
-        self._connect_error = ""
+        self._connect_error = ""  # the last failed try's reason and kind, repeated until the next try
+        self._connect_kind = "unreachable"
 
     def open(self) -> None:
         """Connect, migrate (once across nodes), catch the journal up, start the writer."""
@@ -116,18 +117,21 @@ class PostgresStore(ReceiptStore):
         """The connection, made again after a failure no sooner than the backoff allows."""
         if self._connection is None:
             now = time.monotonic()
-            if now < self._retry_at:
-                raise psycopg.OperationalError(f"not connected ({self._connect_error}); trying again in "
-                                               f"{self._retry_at - now:.1f} s")
+            if now < self._retry_at:  # the last try's failure stands until the next try
+                raise ConnectFailed(self._connect_error, self._connect_kind)
+            connection = None
             try:
                 connection = pgsql.connect(self.config, self.statement_timeout)
                 self._claim_node_name(connection)
                 self._keep_ids_past_journal(connection)
             except (psycopg.Error, StartupError) as error:
+                if connection is not None:
+                    connection.close()
                 self._connect_error = " ".join(str(error).split())
+                self._connect_kind = _connect_failure_kind(error)
                 self._retry_at = now + self._retry_wait
                 self._retry_wait = min(self._retry_wait * 2, RECONNECT_MAX_SECONDS)
-                raise ConnectFailed(self._connect_error, _connect_failure_kind(error)) from None
+                raise ConnectFailed(self._connect_error, self._connect_kind) from None
             self._connection = connection
             self._retry_wait = RECONNECT_FIRST_SECONDS
         return self._connection

@@ -65,21 +65,24 @@ PROGRESS_SECONDS = 5.0
 LISTED = 1000  # conflicts and bad lines described one by one; past that only counted
 MAX_ID = 2**63 - 1
 
-# A journal line as one row, in the journal's field order; tls_client is None when the line has none.
+# A journal line as one row, in the journal's field order, then tls_client (None when the line has
+# none) and node ("" when the line has none: written before lines named their node).
 FIELDS = ("id", "received_at", "message_id", "sent_to", "report", "timestamp", "label", "state", "final",
           "remote_addr")
 _pick = itemgetter(*FIELDS)
 _VALID_TYPES = frozenset({
-    (int, str, str, str, int, str, str, str, bool, str, str),
-    (int, str, str, str, int, str, str, str, bool, str, type(None)),
+    (int, str, str, str, int, str, str, str, bool, str, str, str),
+    (int, str, str, str, int, str, str, str, bool, str, type(None), str),
 })
+COMPARED = len(FIELDS) + 1  # a row is the same receipt when these agree; which node journaled it is not compared
 _TYPE_RULES = {
     "id": (int, "a whole number above 0"), "report": (int, "a whole number of at most 3 digits"),
     "final": (bool, "true or false"),
 }
 # timestamp_raw (?6 again): the journal keeps only the normalised Timestamp1, not the text the provider sent.
 _INSERT = ("INSERT OR IGNORE INTO receipts (id, received_at, message_id, sent_to, report, timestamp, label, state, "
-           "final, remote_addr, tls_client, timestamp_raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?6)")
+           "final, remote_addr, tls_client, node, timestamp_raw) "
+           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?6)")
 _STORED_COLUMNS = ("id, received_at, message_id, sent_to, report, timestamp, label, state, final, remote_addr, "
                    "nullif(tls_client, '')")
 _STORED_IN_RANGE = f"SELECT {_STORED_COLUMNS} FROM receipts WHERE id BETWEEN ? AND ?"
@@ -245,7 +248,7 @@ def _parse_whole_chunk(lines: list[bytes]) -> list[Row] | None:
         records = json.loads(b"[" + b",".join(lines) + b"]")
         if len(records) != len(lines):
             return None
-        rows = [(*_pick(record), record.get("tls_client")) for record in records]
+        rows = [(*_pick(record), record.get("tls_client"), record.get("node", "")) for record in records]
     except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
         return None
     return rows if all(map(_valid, rows)) else None
@@ -261,7 +264,7 @@ def _parse_line_by_line(lines: list[bytes], name: str, first: int,
         report.lines += 1
         try:
             record = json.loads(line)
-            row = (*_pick(record), record.get("tls_client"))
+            row = (*_pick(record), record.get("tls_client"), record.get("node", ""))
         except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
             report.bad_line(f"{name}:{number}: {_why_bad(line)}")
             continue
@@ -291,8 +294,8 @@ def _why_bad(line: bytes) -> str:
     missing = [name for name in FIELDS if name not in record]
     if missing:
         return f"missing field(s) {', '.join(missing)}"
-    for name in (*FIELDS, "tls_client"):
-        if name == "tls_client" and record.get(name) is None:
+    for name in (*FIELDS, "tls_client", "node"):
+        if (name == "tls_client" and record.get(name) is None) or (name == "node" and name not in record):
             continue
         kind, wanted = _TYPE_RULES.get(name, (str, "a string"))
         value = record[name]
@@ -387,7 +390,7 @@ class _Loader:
                 stored[row[0]] = row  # a repeat further on in this batch meets it here
                 fresh.append(row)
                 fresh_places.append(place)
-            elif there == row:  # final is 1 in the table and true in JSON: equal in Python
+            elif there[:COMPARED] == row[:COMPARED]:  # final is 1 in the table and true in JSON: equal in Python
                 self.report.already_there += 1
             else:
                 self.report.conflict(f"{place[0]}:{place[1]}: id {row[0]} is taken by another receipt "

@@ -348,6 +348,9 @@ def test_replay_journal_merges_several_nodes_journals_once(nodes, pg: PgDatabase
     assert "30 line(s): 30 stored, 0 already there, 0 conflict(s)" in first.stdout
     assert "30 line(s): 0 stored, 30 already there, 0 conflict(s)" in again.stdout
     assert {row["id"]: row["message_id"] for row in fresh.rows("SELECT id, message_id FROM receipts")} == original
+    # Each row is back under the node that journaled it.
+    assert {row["message_id"]: row["node"] for row in fresh.rows("SELECT message_id, node FROM receipts")} == \
+        {f"MERGE{number:02d}": "a" if number % 2 else "b" for number in range(30)}
     # A node on the rebuilt database gives new receipts ids past every rebuilt one.
     node = Daemon(tmp_path / "fresh" / "node", fresh)
     node.directory.mkdir()
@@ -459,3 +462,26 @@ def test_a_commit_held_up_past_commit_timeout_is_503_and_the_next_one_commits(no
     stored = {row["message_id"] for row in pg.rows("SELECT message_id FROM receipts")}
     assert "HELD2" in stored
     wait_for(lambda: "HELD2" in {line["message_id"] for line in node.journal()}, 10, "HELD2 journaled")
+
+
+def test_a_reader_role_of_its_own_runs_query_and_stats_with_its_pgpass(nodes, pg: PgDatabase, tmp_path: Path):
+    """README "Secrets and readers": a role with SELECT only, and no dlrd password anywhere it can read."""
+    node = nodes("a")
+    assert soap_report(post(node.address, receipt_body("READ01"))) == 0
+    reader = f"alice_{pg.name}"
+    pg.cluster.psql(f"CREATE ROLE {reader} LOGIN PASSWORD 'alice-password'")
+    pg.cluster.psql(f"GRANT SELECT ON receipts, latest_state, quarantine TO {reader}", pg.name)
+    home = tmp_path / "alice"
+    home.mkdir()
+    (home / ".pgpass").write_text(f"127.0.0.1:{pg.cluster.port}:{pg.name}:{reader}:alice-password\n")
+    (home / ".pgpass").chmod(0o600)
+    ini = home / "dlrd.ini"
+    ini.write_text(f"[storage]\nbackend = postgresql\ndsn = {pg.dsn.replace('user=dlrd', f'user={reader}')}\n"
+                   f"[journal]\ndirectory = {home}\n")
+
+    query = dlrd(ini, "query", "--format", "json", env={"HOME": str(home)})
+    stats = dlrd(ini, "stats", "--format", "json", env={"HOME": str(home)})
+
+    assert query.returncode == 0, query.stderr
+    assert [json.loads(line)["message_id"] for line in query.stdout.splitlines()] == ["READ01"]
+    assert stats.returncode == 0 and json.loads(stats.stdout)["receipts"] == 1
