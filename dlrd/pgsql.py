@@ -32,7 +32,6 @@ from dlrd.store import LATEST_STATE_VIEW
 
 try:
     import psycopg
-    from psycopg import sql as _sql  # noqa: F401  (psycopg's submodules load with it)
 except ImportError:  # pragma: no cover - the message is tested with psycopg hidden
     psycopg = None  # type: ignore[assignment]
 
@@ -40,7 +39,8 @@ log = logging.getLogger("dlrd.store")
 
 INSTALL_HINT = ("[storage] backend = postgresql needs psycopg 3, which is not installed: pip install "
                 "'dlrd[postgresql]' (in dlrd's venv), or use backend = sqlite")
-# pg_advisory_xact_lock keys: dlrd's migrations, and each node's writer ('dlrd' in ASCII, then a crc of the node).
+# Advisory lock keys: dlrd's migrations ('dlrd' in ASCII), each node's writer ('dlrd', a crc of the
+# node's name) and each node's name while a writer holds it ('dlre', the same crc).
 MIGRATION_LOCK = 0x646C7264
 _NODE_LOCK_CLASS = 0x646C7264
 _NODE_NAME_LOCK_CLASS = 0x646C7265
@@ -405,13 +405,11 @@ class _Selection:
 
 
 class _Cursor:
-    """What the commands read of a sqlite3 cursor: iteration, fetchone, fetchall, rowcount and description."""
+    """What the commands read of a sqlite3 cursor, once the statement has run: iteration, fetchone, fetchall."""
 
     def __init__(self, cursor: psycopg.Cursor | None, row_factory: Any) -> None:
         self._cursor = cursor
         self._named = row_factory is not None
-        self.rowcount = cursor.rowcount if cursor is not None else -1
-        self.description = cursor.description if cursor is not None else None
 
     def __iter__(self) -> Iterator[Any]:
         if self._cursor is None or self._cursor.description is None:
