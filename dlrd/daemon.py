@@ -26,9 +26,9 @@ from dlrd.instance import InstanceLock, hold_database, hold_journal
 from dlrd.journal import JournalWriter, Rotation
 from dlrd.metrics import Metrics
 from dlrd.preflight import check_startup
-from dlrd.receiver import ReceiptEndpoint, credentials, expected_messages
+from dlrd.receiver import ReceiptEndpoint, credentials
 from dlrd.server import HttpServer
-from dlrd.storage import describe, on_postgresql, receipt_store
+from dlrd.storage import describe, expected_messages, on_postgresql, receipt_store
 from dlrd.store import Pending
 from dlrd.systemd import Notifier
 

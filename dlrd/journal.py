@@ -64,22 +64,22 @@ Clock = Callable[[], float]
 _LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def journal_record(row: Mapping[str, Any], node: str = "") -> dict[str, Any]:
+def journal_record(row: Mapping[str, Any]) -> dict[str, Any]:
     """One receipt (a stored row, or an insert's record) as the journal's object: final a boolean,
-    the node that stored it when known, `tls_client` only when there is one. `dlrd query` prints the
-    same, so one jq filter serves both."""
+    `node` and `tls_client` only when there is one. `dlrd query` prints the same, so one jq filter
+    serves both."""
     record = {name: row[name] for name in JOURNAL_FIELDS}
     record["final"] = bool(record["final"])
-    if node:
-        record["node"] = node
+    if row.get("node"):
+        record["node"] = row["node"]
     if row.get("tls_client"):
         record["tls_client"] = row["tls_client"]
     return record
 
 
-def journal_line(row: Mapping[str, Any], node: str = "") -> bytes:
-    """One receipt as the journal's JSON line, naming the node that stored it."""
-    return _LINE_ENCODER.encode(journal_record(row, node)).encode("utf-8") + b"\n"
+def journal_line(row: Mapping[str, Any]) -> bytes:
+    """One receipt as the journal's JSON line."""
+    return _LINE_ENCODER.encode(journal_record(row)).encode("utf-8") + b"\n"
 
 
 @dataclass(frozen=True)

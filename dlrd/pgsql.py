@@ -214,14 +214,19 @@ def connect(config: Config, statement_timeout: float | None = None) -> psycopg.C
     return psycopg.connect(dsn, **options)
 
 
-def open_database(config: Config, statement_timeout: float | None = None) -> psycopg.Connection:
-    """Connect and migrate; StartupError saying what to do when the database cannot be reached or used."""
+def open_connection(config: Config, statement_timeout: float | None = None) -> psycopg.Connection:
+    """connect(), with a StartupError saying what to check when the database cannot be reached."""
     require_psycopg()
     try:
-        connection = connect(config, statement_timeout)
+        return connect(config, statement_timeout)
     except psycopg.Error as error:
         raise StartupError(f"cannot connect to the {describe(config)}: {_one_line(error)}; check [storage] dsn, "
                            "the password and pg_hba.conf (README \"Running more than one node\")") from None
+
+
+def open_database(config: Config, statement_timeout: float | None = None) -> psycopg.Connection:
+    """Connect and migrate; StartupError saying what to do when the database cannot be reached or used."""
+    connection = open_connection(config, statement_timeout)
     try:
         migrate(connection)
     except psycopg.Error as error:

@@ -42,7 +42,7 @@ ATTEMPTS = 3  # a batch's tries: another after a connection that died while idle
 # too many connections): the database is reachable and refuses this node, which retrying will not change.
 _REFUSING_CLASSES = ("28", "3D", "42", "53")
 _NEWEST = "SELECT coalesce(max(id), 0) FROM receipts WHERE node = %s"
-_ROWS_AFTER = (f"SELECT {', '.join(JOURNAL_FIELDS)}, tls_client FROM receipts WHERE node = %s AND id > %s "
+_ROWS_AFTER = (f"SELECT {', '.join(JOURNAL_FIELDS)}, node, tls_client FROM receipts WHERE node = %s AND id > %s "
                "ORDER BY id LIMIT %s")
 _PROBE = (f"INSERT INTO receipts ({', '.join(pgsql.RECEIPT_COLUMNS)}) "
           "VALUES ('', '', 'dlrd-health-probe', 0, '', '', '', '', 0, '', NULL, %s) "

@@ -151,7 +151,7 @@ def _has_node_column(connection: Any) -> bool:
 
 def journal_record(values: Sequence[Any], node: str = "") -> dict[str, Any]:
     """A receipts row (SELECTED's columns) as dlrd.journal writes it, with the node that stored it."""
-    return journal.journal_record(dict(zip(SELECTED, values, strict=True)), node)
+    return journal.journal_record({**dict(zip(SELECTED, values, strict=True)), "node": node})
 
 
 def build_sql(selection: Selection, with_node: bool = True) -> tuple[str, list[Any]]:

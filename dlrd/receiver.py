@@ -15,7 +15,6 @@ from collections.abc import Container
 from dataclasses import dataclass
 from datetime import datetime
 
-from dlrd import storage
 from dlrd.auth import Credentials
 from dlrd.codes import ReportCode, ReportCodeTable
 from dlrd.config import Config
@@ -319,7 +318,3 @@ def credentials(config: Config) -> Credentials:
     """The Username and PIN receipts must carry: none when [auth] sets neither."""
     return Credentials(config["auth", "username"], config["auth", "pin"])
 
-
-def expected_messages(config: Config) -> Container[str] | None:
-    """The ids a receipt must be for under [storage] strict_match; None when it is off."""
-    return storage.expected_messages(config)

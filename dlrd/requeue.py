@@ -24,7 +24,6 @@ from dlrd.receiver import (
     Refused,
     admit,
     credentials,
-    expected_messages,
 )
 from dlrd.review import selected
 from dlrd.soap import REDACTED_PIN, EnvelopeRejected, parse_envelope, version_from_content_type
@@ -50,11 +49,11 @@ def replay_quarantine(config: Config, args: argparse.Namespace) -> ReplayReport:
         raise StartupError(f"no database at {database}: nothing was quarantined there")
     codes = ReportCodeTable(config.report_codes)
     # The receipts it stores are this node's: its daemon journals them.
-    rules = (credentials(config), codes, expected_messages(config), config["server", "node"])
+    rules = (credentials(config), codes, storage.expected_messages(config), config["server", "node"])
     report = ReplayReport()
     try:
         connection = storage.open_writer(config)  # an older dlrd's quarantine gains its kind and message_id
-        reader = storage.open_writer(config)
+        reader = storage.open_reader(config)
         rows = selected(reader, args, "id, received_at, remote_addr, authenticated, content_type, body")
         batch: list[sqlite3.Row] = []
         for row in rows:

@@ -57,13 +57,7 @@ def open_reader(config: Config) -> Any:
         return open_read_only(config.database_path)
     from dlrd import pgsql
 
-    pgsql.require_psycopg()
-    try:
-        raw = pgsql.connect(config)
-    except pgsql.psycopg.Error as error:
-        raise StartupError(f"cannot connect to the {pgsql.describe(config)}: {' '.join(str(error).split())}; "
-                           "check [storage] dsn and the password") from None
-    connection = pgsql.PgConnection(raw, config)
+    connection = pgsql.PgConnection(pgsql.open_connection(config), config)
     if connection.execute("SELECT to_regclass('receipts')").fetchone()[0] is None:
         connection.close()
         raise StartupError(f"the {pgsql.describe(config)} holds no dlrd tables: run dlrd serve once, or check "

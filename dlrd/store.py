@@ -185,7 +185,7 @@ class ReceiptInsert:
         self.record = {
             "id": 0, "received_at": received_at, "message_id": receipt.message_id, "sent_to": receipt.sent_to,
             "report": receipt.report, "label": code.label, "state": code.state, "final": code.final,
-            "timestamp": receipt.timestamp, "remote_addr": remote_addr, "tls_client": tls_client,
+            "timestamp": receipt.timestamp, "remote_addr": remote_addr, "node": node, "tls_client": tls_client,
         }
 
     def __call__(self, connection: sqlite3.Connection) -> StoredReceipt:
@@ -658,7 +658,7 @@ class ReceiptStore:
     def __init__(self, database: Path, journal: JournalWriter, synchronous: str = "full",
                  lock_timeout: float = 5.0, quarantine_max_bytes: int = 64 * 1024 * 1024, node: str = "") -> None:
         self.database = database
-        self.node = node  # on every journal line
+        self.node = node  # stored with every receipt it takes, and so on its journal line
         self.journal = journal
         self.synchronous = synchronous
         self.lock_timeout = lock_timeout
@@ -1127,7 +1127,7 @@ class ReceiptStore:
         """
         try:
             if batch:
-                self.journal.append(journal_line(stored.record, self.node) for stored in batch if stored.record)
+                self.journal.append(journal_line(stored.record) for stored in batch if stored.record)
                 self._journaled_id = batch[-1].id
                 count = len(batch)
             else:
@@ -1169,14 +1169,14 @@ class ReceiptStore:
         while True:
             rows = self._rows_after(self._journaled_id, JOURNAL_CHUNK)
             if rows:
-                self.journal.append(journal_line(row, self.node) for row in rows)
+                self.journal.append(journal_line(row) for row in rows)
                 self._journaled_id = rows[-1]["id"]
                 count += len(rows)
             if len(rows) < JOURNAL_CHUNK:
                 return count
 
     def _rows_after(self, after_id: int, limit: int) -> list[dict[str, Any]]:
-        columns = ", ".join(JOURNAL_FIELDS) + ", tls_client"
+        columns = ", ".join(JOURNAL_FIELDS) + ", node, tls_client"
         cursor = self._writer_connection().execute(
             f"SELECT {columns} FROM receipts WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
         names = [column[0] for column in cursor.description]
